@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create the virtual environment and install teeserve with every pinned dependency.
+# Used by the Makefile (and so by CI): a fresh machine of this kind needs nothing else.
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
+    echo "teeserve needs Python 3.11 (found: $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e '.[tensorflow,plot,dev]'
+# The official TensorFlow Serving client stubs are the compatibility oracle of the tests. The package
+# declares a dependency on the full `tensorflow` wheel, which would install a second copy of TensorFlow
+# over tensorflow-cpu; its real needs (grpcio, protobuf, tensorflow) are already installed above.
+"$VENV/bin/python" -m pip install --quiet --no-deps tensorflow-serving-api==2.21.0
+# Debian packages for the multi-replica tests (nginx with the stream module), when apt is available.
+if [ -n "${TEESERVE_APT_PACKAGES:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    missing=""
+    for p in $TEESERVE_APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    if [ -n "$missing" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    fi
+fi

@@ -1,0 +1,90 @@
+"""The ``teeserve`` command: a thin shell over the library.
+
+Strategy: each sub-command lives in its own ``_cmd_<name>.py`` module with a
+``register(subparsers)`` function that adds its parser(s) and sets ``func`` to a callable taking the
+parsed arguments. Modules are discovered by name, so adding a command never touches this file.
+Command modules import heavy libraries (TensorFlow, gRPC, ...) inside their ``func`` only, so
+``teeserve --help`` stays fast.
+
+All error handling is here, in one place: a :class:`~teeserve.TeeserveError` prints one line naming
+the problem and exits with its ``exit_code``; anything else is a bug and is reported as such without
+a traceback unless ``TEESERVE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from .._errors import TeeserveError
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+roles:
+  model owner     keys, encrypt, decrypt, certs, model, broker, attest
+  TEE host        serve (with --tee gramine|tdx|sim), sim, gramine
+  requester       client predict, client bench
+  everything      demo (the whole flow on one machine with the simulated TEE)
+
+Run 'teeserve COMMAND --help' for a command's options.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="teeserve",
+        description="Confidential AI inference: encrypted models served from SGX/TDX enclaves "
+        "with TensorFlow Serving's APIs, keys released only after remote attestation.",
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"teeserve {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    modules = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_cmd_"):
+            modules.append(importlib.import_module(f"{__name__}.{info.name}"))
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``teeserve`` console script. Returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        result = func(args)
+    except TeeserveError as exc:
+        print(f"teeserve: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("teeserve: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
+        if os.environ.get("TEESERVE_DEBUG") == "1":
+            raise
+        print(
+            f"teeserve: internal error: {type(exc).__name__}: {exc}\n"
+            "  (this is a bug in teeserve; run with TEESERVE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 70
+    return int(result or 0)
