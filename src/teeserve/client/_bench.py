@@ -1,0 +1,306 @@
+"""The benchmark client: ``teeserve client bench``, a drop-in for the reference ``resnet_client_grpc.py``.
+
+Same flags (``-url -ca -crt -key -batch -cnum -loop -img``), same per-request lines and the same
+``summary:`` line, so existing scripts keep working; plus latency percentiles, error counts by status,
+``--duration``, ``--rest``, ``--warmup``, ``--json``, ``--plot`` and ``--procs``.
+
+Model of load, as the reference: ``cnum`` concurrent tasks, each with its *own* connection, each sending
+its request ``loop`` times back to back (closed loop). ``--procs`` spreads the tasks over processes so
+that the Python client is not the bottleneck when measuring a fast server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._channel import TlsOptions
+
+__all__ = ["BenchConfig", "BenchResult", "run_bench", "format_summary"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str = "localhost:8500"
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    model: str = "resnet50-v15-fp32"
+    signature: str = "serving_default"
+    input_name: str = "input"
+    shape: tuple[int, ...] = (224, 224, 3)
+    dtype: str = "float32"
+    batch: int = 1
+    cnum: int = 16
+    loop: int = 200           # requests per connection; 0 = until interrupted (or --duration)
+    duration: float | None = None
+    warmup: int = 5
+    img: str | None = None
+    rest: bool = False
+    procs: int = 1
+    retries: int = 0          # retries per request on UNAVAILABLE (e.g. a replica restarting)
+    timeout: float = 60.0
+    verbose: bool | None = None   # per-request lines; default: on unless stdout is a terminal
+    progress: bool | None = None  # live progress line; default: on a terminal
+
+
+@dataclass
+class BenchResult:
+    cnum: int
+    batch: int
+    e2e_s: float
+    requests: int
+    errors: dict[str, int]
+    latencies_ms: list[float]
+    finish_times_s: list[float]
+    first_response: dict[str, Any] | None = None
+
+    @property
+    def tps(self) -> float:
+        return self.requests * self.batch / self.e2e_s if self.e2e_s > 0 else 0.0
+
+    def percentiles(self) -> dict[str, float]:
+        if not self.latencies_ms:
+            return {}
+        a = np.asarray(self.latencies_ms)
+        return {"avg": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cnum": self.cnum, "batch": self.batch, "e2e_time_s": self.e2e_s, "requests": self.requests,
+                "tps": self.tps, "latency_ms": self.percentiles(), "errors": self.errors}
+
+
+def format_summary(r: BenchResult) -> str:
+    """The reference client's summary line, byte for byte in form."""
+    avg = r.percentiles().get("avg", float("nan"))
+    return (f"summary: cnum {r.cnum}, batch {r.batch}, e2e time(s) {r.e2e_s}, "
+            f"average latency(ms) {avg}, tps: {r.tps}")
+
+
+def _make_input(cfg: BenchConfig) -> np.ndarray:
+    if cfg.img:
+        from PIL import Image
+
+        h, w = cfg.shape[0], cfg.shape[1]
+        img = Image.open(cfg.img).convert("RGB").resize((w, h))
+        return np.asarray(img, dtype=np.float32)[None, ...]
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    # As the reference: random uint8 pixels, sent as float32.
+    return rng.integers(0, 256, size=(cfg.batch, *cfg.shape), dtype=np.uint8).astype(cfg.dtype)
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.done, self.errors, self._last = enabled, 0, 0, 0.0
+        self._start = time.perf_counter()
+
+    def tick(self, ok: bool) -> None:
+        self.done += 1
+        self.errors += not ok
+        now = time.perf_counter()
+        if self.enabled and now - self._last > 0.25:
+            self._last = now
+            rate = self.done / max(now - self._start, 1e-9)
+            sys.stderr.write(f"\r  {self.done} requests, {self.errors} errors, {rate:.1f} req/s ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: dict[str, Any]) -> None:
+    import grpc
+
+    from .._proto import pb
+    from ..serving._tensors import ndarray_to_tensor_proto
+    from ._channel import Stub, aio_grpc_channel
+
+    verbose = cfg.verbose if cfg.verbose is not None else not sys.stdout.isatty()
+    progress = _Progress(cfg.progress if cfg.progress is not None else sys.stderr.isatty())
+    chan_kind = "secure" if cfg.tls.enabled else "insecure"
+    deadline = None if cfg.duration is None else t0 + cfg.duration
+    lat: list[float] = []
+    fin: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def one_task(i: int) -> None:
+        data = _make_input(cfg)
+        if cfg.rest:
+            await _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, deadline, t0)
+            return
+        req = pb.PredictRequest()
+        req.model_spec.name = cfg.model
+        req.model_spec.signature_name = cfg.signature
+        req.inputs[cfg.input_name].CopyFrom(ndarray_to_tensor_proto(data))
+        async with aio_grpc_channel(cfg.url, cfg.tls) as channel:
+            stub = Stub(channel)
+            for _ in range(cfg.warmup):
+                try:
+                    await stub.Predict(req, timeout=cfg.timeout)
+                except grpc.RpcError:
+                    pass
+            j = 0
+            while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
+                start = time.perf_counter()
+                status = "OK"
+                for attempt in range(cfg.retries + 1):
+                    try:
+                        resp = await stub.Predict(req, timeout=cfg.timeout)
+                        status = "OK"
+                        break
+                    except grpc.RpcError as exc:
+                        status = exc.code().name
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == cfg.retries:
+                            break
+                        await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                end = time.perf_counter()
+                ms = (end - start) * 1000
+                if status == "OK":
+                    lat.append(ms)
+                    fin.append(end - t0)
+                    if out.get("first") is None:
+                        from google.protobuf import json_format
+
+                        out["first"] = json_format.MessageToDict(resp)
+                else:
+                    errors[status] += 1
+                progress.tick(status == "OK")
+                if verbose:
+                    print(f"query: {chan_kind} channel, task {i}, batch {cfg.batch}, loop_idx {j}, "
+                          f"latency(ms) {ms:.1f}, tps: {cfg.batch / (ms / 1000):.1f}", flush=False)
+                j += 1
+
+    await asyncio.gather(*(one_task(i) for i in task_ids))
+    progress.close()
+    out.update(lat=lat, fin=fin, errors=dict(errors))
+
+
+async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, deadline, t0) -> None:
+    import httpx
+
+    from ._channel import rest_ssl_context
+
+    scheme = "https" if cfg.tls.enabled else "http"
+    host = cfg.tls.server_name or cfg.url.rpartition(":")[0]
+    url = f"{scheme}://{cfg.url}/v1/models/{cfg.model}:predict"
+    body = json.dumps({"signature_name": cfg.signature, "inputs": {cfg.input_name: data.tolist()}}).encode()
+    ctx = rest_ssl_context(cfg.tls)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(verify=ctx if ctx is not None else False, limits=limits, timeout=cfg.timeout) as client:
+        ext = {"sni_hostname": host} if cfg.tls.server_name else {}
+        headers = {"Content-Type": "application/json"}
+        for _ in range(cfg.warmup):
+            try:
+                await client.post(url, content=body, headers=headers, extensions=ext)
+            except httpx.HTTPError:
+                pass
+        j = 0
+        while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
+            start = time.perf_counter()
+            try:
+                r = await client.post(url, content=body, headers=headers, extensions=ext)
+                status = "OK" if r.status_code == 200 else f"HTTP_{r.status_code}"
+            except httpx.HTTPError as exc:
+                status, r = type(exc).__name__, None
+            end = time.perf_counter()
+            ms = (end - start) * 1000
+            if status == "OK":
+                lat.append(ms)
+                fin.append(end - t0)
+                if out.get("first") is None and r is not None:
+                    out["first"] = r.json()
+            else:
+                errors[status] += 1
+            progress.tick(status == "OK")
+            if verbose:
+                print(f"query: {'secure' if cfg.tls.enabled else 'insecure'} channel, task {i}, batch {cfg.batch}, "
+                      f"loop_idx {j}, latency(ms) {ms:.1f}, tps: {cfg.batch / (ms / 1000):.1f}", flush=False)
+            j += 1
+
+
+def _proc_main(cfg: BenchConfig, task_ids: list[int], t0_wall: float, q: Any) -> None:
+    # Align each process's perf_counter origin with the shared wall-clock start.
+    t0 = time.perf_counter() - (time.time() - t0_wall)
+    out: dict[str, Any] = {}
+    try:
+        asyncio.run(_worker_async(cfg, task_ids, t0, out))
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+    q.put(out)
+
+
+def run_bench(cfg: BenchConfig) -> BenchResult:
+    """Run the benchmark and return its measurements (printing per-request lines as configured)."""
+    if cfg.img and cfg.batch != 1:
+        from ._channel import ClientError
+
+        raise ClientError("-img needs -batch 1 (as in the reference client)")
+    tasks = list(range(cfg.cnum))
+    procs = max(1, min(cfg.procs, cfg.cnum))
+    start_wall = time.time()
+    t_start = time.perf_counter()
+    if procs == 1:
+        out: dict[str, Any] = {}
+        try:
+            asyncio.run(_worker_async(cfg, tasks, t_start, out))
+        except KeyboardInterrupt:
+            pass
+        outs = [out]
+    else:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        chunks = [tasks[i::procs] for i in range(procs)]
+        ps = [ctx.Process(target=_proc_main, args=(cfg, c, start_wall, q)) for c in chunks]
+        for p in ps:
+            p.start()
+        outs = [q.get() for _ in ps]
+        for p in ps:
+            p.join()
+    e2e = time.perf_counter() - t_start
+    lat = [x for o in outs for x in o.get("lat", [])]
+    fin = [x for o in outs for x in o.get("fin", [])]
+    errors: Counter[str] = Counter()
+    for o in outs:
+        errors.update(o.get("errors", {}))
+    first = next((o["first"] for o in outs if o.get("first") is not None), None)
+    return BenchResult(cnum=cfg.cnum, batch=cfg.batch, e2e_s=e2e, requests=len(lat), errors=dict(errors),
+                       latencies_ms=lat, finish_times_s=fin, first_response=first)
+
+
+def plot(result: BenchResult, path: str) -> None:
+    """Latency over time and a latency histogram, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(result.finish_times_s, result.latencies_ms, ".", markersize=2)
+    a.set_xlabel("time since start (s)")
+    a.set_ylabel("latency (ms)")
+    a.set_title(f"latency over time (cnum {result.cnum}, batch {result.batch})")
+    lat = np.asarray(result.latencies_ms) if result.latencies_ms else np.zeros(1)
+    b.hist(lat, bins=min(60, max(10, int(math.sqrt(len(lat))))))
+    p = result.percentiles()
+    for name in ("p50", "p99"):
+        if name in p:
+            b.axvline(p[name], linestyle="--", color="k" if name == "p50" else "r", label=f"{name} {p[name]:.1f} ms")
+    b.set_xlabel("latency (ms)")
+    b.set_ylabel("requests")
+    b.set_title(f"{result.requests} requests, {result.tps:.1f} tps")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
