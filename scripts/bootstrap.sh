@@ -11,16 +11,23 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) els
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e '.[tensorflow,plot,dev]'
+"$VENV/bin/python" -m pip install --quiet -e '.[tensorflow,plot,deploy,dev]'
 # The official TensorFlow Serving client stubs are the compatibility oracle of the tests. The package
 # declares a dependency on the full `tensorflow` wheel, which would install a second copy of TensorFlow
 # over tensorflow-cpu; its real needs (grpcio, protobuf, tensorflow) are already installed above.
 "$VENV/bin/python" -m pip install --quiet --no-deps tensorflow-serving-api==2.21.0
-# Debian packages for the multi-replica tests (nginx with the stream module), when apt is available.
-if [ -n "${TEESERVE_APT_PACKAGES:-}" ] && command -v apt-get >/dev/null 2>&1; then
-    missing=""
-    for p in $TEESERVE_APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-    if [ -n "$missing" ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+# Debian packages for the multi-replica tests: nginx with its stream module (TLS passthrough).
+APT_PACKAGES=${TEESERVE_APT_PACKAGES-nginx libnginx-mod-stream}
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+        # The tests start their own nginx on loopback; the distribution's service is not needed.
+        (command -v systemctl >/dev/null 2>&1 && systemctl disable --now nginx) >/dev/null 2>&1 || true
+        (service nginx stop) >/dev/null 2>&1 || true
+    else
+        echo "note: Debian packages missing and not installable here (need root + apt):$missing" >&2
     fi
 fi
