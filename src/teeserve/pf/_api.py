@@ -1,0 +1,325 @@
+"""The recipes of :mod:`teeserve.pf`: whole files, byte strings and directory trees.
+
+Strategy: every writer goes through ``_io.atomic_output`` (temporary file + rename), so a wrong
+key, a tampered node or Ctrl-C never leaves a partial output file; decrypted output is created
+0600 from its first byte. Paths are bound in Gramine's normalized form (§1.10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .._io import PUBLIC_MODE, SECRET_MODE, OutputExists, atomic_output
+from . import _tree
+from ._errors import ProtectedFileError, SourceChanged
+from ._file import Progress, Reader, write_protected
+from ._format import FILE_ID, NODE_SIZE, encode_path
+from ._keys import check_key
+from ._paths import normalize_path
+
+__all__ = [
+    "open_reader",
+    "decrypt_bytes",
+    "encrypt_bytes",
+    "encrypt_file",
+    "decrypt_file",
+    "encrypt_tree",
+    "decrypt_tree",
+    "is_protected_file",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def _io_errors(src: PathLike, dst: PathLike) -> Iterator[None]:
+    """Report an operating-system failure mid-way (disk full, I/O error) as one of ours."""
+    try:
+        yield
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ProtectedFileError(f"{os.fspath(src)} -> {os.fspath(dst)}", f"failed: {reason}") from exc
+
+
+def _check_version(format_version: int) -> int:
+    if format_version not in (1, 2):
+        raise ValueError(f"format_version must be 1 or 2, not {format_version!r}")
+    return format_version
+
+
+def _open_input(path: PathLike) -> BinaryIO:
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise ProtectedFileError(os.fspath(path), f"cannot read: {exc.strerror or exc}") from exc
+
+
+def open_reader(
+    file: PathLike | BinaryIO, key: bytes, *, expected_path: str | None = None
+) -> Reader:
+    """Open a protected file for verified reading (a path, or a seekable binary file object).
+
+    ``expected_path``, if given, must equal the bound path byte for byte, as Gramine checks it: pass
+    the *normalized* host path (see :func:`normalize_path`).
+
+    Raises:
+        NotProtectedFile, TruncatedFile, UnsupportedVersion, RecoveryPending,
+        WrongKeyOrCorruptMetadata, TamperedNode (root MHT), PathMismatch; ProtectedFileError if the
+        file cannot be read. Later ``read`` calls raise TamperedNode / TruncatedFile.
+    """
+    key = check_key(key)
+    if isinstance(file, (str, os.PathLike)):
+        return Reader(_open_input(file), key, source=os.fspath(file), expected_path=expected_path, owns=True)
+    source = str(getattr(file, "name", None) or "<file object>")
+    return Reader(file, key, source=source, expected_path=expected_path)
+
+
+def decrypt_bytes(blob: bytes, key: bytes, *, expected_path: str | None = None) -> bytes:
+    """The verified plaintext of a protected file held in memory (see :func:`open_reader`)."""
+    with Reader(io.BytesIO(blob), check_key(key), source="<bytes>", expected_path=expected_path) as r:
+        return r.read_all()
+
+
+def encrypt_bytes(plaintext: bytes, key: bytes, bound_path: str, *, format_version: int = 1) -> bytes:
+    """A protected file holding ``plaintext``, bound to ``normalize_path(bound_path)``.
+
+    Raises:
+        PathTooLong: the normalized path is empty, has a NUL or is longer than 771 bytes.
+    """
+    key = check_key(key)
+    raw = encode_path(normalize_path(bound_path), "<bytes>")
+    out = io.BytesIO()
+    out.seek(_tree.host_size(len(plaintext)) - 1)  # size the buffer once; getvalue() then hands it over
+    out.write(b"\0")
+    write_protected(
+        io.BytesIO(plaintext), len(plaintext), out, key, raw, version=_check_version(format_version)
+    )
+    return out.getvalue()
+
+
+def encrypt_file(
+    src: PathLike,
+    dst: PathLike,
+    key: bytes,
+    *,
+    bound_path: str | None = None,
+    format_version: int = 1,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> str:
+    """Encrypt file ``src`` to ``dst``; returns the bound path (default: ``normalize_path(dst)``).
+
+    Streams node by node in constant memory. ``progress(n)`` is called with plaintext bytes done.
+
+    Raises:
+        PathTooLong, SourceChanged, ProtectedFileError (unreadable input), OutputExists.
+    """
+    key = check_key(key)
+    _check_version(format_version)
+    bound = normalize_path(os.fspath(dst) if bound_path is None else bound_path)
+    raw = encode_path(bound, os.fspath(dst))
+    source = os.fspath(src)
+    with _open_input(src) as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtectedFileError(source, "is not a regular file")
+        with _io_errors(src, dst), atomic_output(dst, mode=PUBLIC_MODE, overwrite=overwrite) as out:
+            write_protected(
+                fh, st.st_size, out, key, raw, version=format_version, progress=progress, source=source
+            )
+            if os.fstat(fh.fileno()).st_size != st.st_size:
+                raise SourceChanged(source, "the input file changed size while it was being encrypted")
+    return bound
+
+
+def decrypt_file(
+    src: PathLike,
+    dst: PathLike,
+    key: bytes,
+    *,
+    expected_path: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Decrypt protected file ``src`` to ``dst`` (mode 0600), verifying every node first.
+
+    ``dst`` appears only if the whole file authenticated. Raises what :func:`open_reader` and ``Reader.read`` raise, and OutputExists.
+    """
+    with open_reader(src, key, expected_path=expected_path) as reader:
+        with _io_errors(src, dst), atomic_output(dst, mode=SECRET_MODE, overwrite=overwrite) as out:
+            reader.copy_to(out, progress)
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
+    """(relative path, is_dir) of everything under ``root``, sorted; symlinked files are followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        for name in dirnames:
+            yield (here / name).relative_to(root), True
+        for name in sorted(filenames):
+            yield (here / name).relative_to(root), False
+
+
+def _tree_plan(src_dir: PathLike, dst_dir: PathLike, overwrite: bool) -> tuple[list[Path], list[Path]]:
+    src, dst = Path(src_dir), Path(dst_dir)
+    if not src.is_dir():
+        raise ProtectedFileError(os.fspath(src), "is not a directory")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ProtectedFileError(os.fspath(dst), f"the output directory must not be inside {src}")
+    dirs, files = [], []
+    for rel, is_dir in _walk(src):
+        (dirs if is_dir else files).append(rel)
+    files.sort()
+    if not overwrite:
+        for rel in files:
+            if (dst / rel).exists():
+                raise OutputExists(dst / rel)
+    return dirs, files
+
+
+class _TreeOutput:
+    """Remembers what a tree operation created, to remove it all if the operation fails."""
+
+    def __init__(self, dst: Path) -> None:
+        self.dst = dst
+        self.created_dirs: list[Path] = []
+        self.created_files: list[Path] = []
+
+    def mkdir(self, path: Path) -> None:
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self.created_dirs.extend(reversed(missing))
+
+    def undo(self) -> None:
+        for f in reversed(self.created_files):
+            f.unlink(missing_ok=True)
+        for d in reversed(self.created_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def encrypt_tree(
+    src_dir: PathLike,
+    dst_dir: PathLike,
+    key: bytes,
+    *,
+    host_prefix: str | None = None,
+    format_version: int = 1,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> list[tuple[str, str]]:
+    """Encrypt every file under ``src_dir`` into the same layout under ``dst_dir``.
+
+    Each file is bound to ``normalize_path(PREFIX/relpath)`` where PREFIX is ``host_prefix`` or, by
+    default, ``dst_dir`` as given. All or nothing: on any failure the files and directories this call
+    created are removed. Returns ``[(output file, bound path), ...]`` in sorted order.
+
+    Raises:
+        OutputExists (checked for every file before anything is written), PathTooLong, and what
+        :func:`encrypt_file` raises.
+    """
+    key = check_key(key)
+    _check_version(format_version)
+    dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
+    src, dst = Path(src_dir), Path(dst_dir)
+    prefix = os.fspath(dst_dir) if host_prefix is None else host_prefix
+    bounds = [normalize_path(f"{prefix}/{rel.as_posix()}") for rel in files]
+    for rel, bound in zip(files, bounds):
+        encode_path(bound, os.fspath(dst / rel))  # refuse before writing anything
+    done = _TreeOutput(dst)
+    result: list[tuple[str, str]] = []
+    try:
+        done.mkdir(dst)
+        for rel in dirs:
+            done.mkdir(dst / rel)
+        for rel, bound in zip(files, bounds):
+            out = dst / rel
+            existed = out.exists()
+            encrypt_file(
+                src / rel, out, key, bound_path=bound, format_version=format_version,
+                overwrite=overwrite, progress=progress,
+            )
+            if not existed:
+                done.created_files.append(out)
+            result.append((os.fspath(out), bound))
+    except BaseException:
+        done.undo()
+        raise
+    return result
+
+
+def decrypt_tree(
+    src_dir: PathLike,
+    dst_dir: PathLike,
+    key: bytes,
+    *,
+    verify_paths: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> list[tuple[str, str]]:
+    """Decrypt every protected file under ``src_dir`` into ``dst_dir`` (files 0600), all or nothing.
+
+    With ``verify_paths`` each file's bound path must equal ``normalize_path(src_dir/relpath)``
+    (like ``pf-crypt decrypt -V``). Returns ``[(output file, stored path), ...]``.
+    """
+    key = check_key(key)
+    dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
+    src, dst = Path(src_dir), Path(dst_dir)
+    done = _TreeOutput(dst)
+    result: list[tuple[str, str]] = []
+    try:
+        done.mkdir(dst)
+        for rel in dirs:
+            done.mkdir(dst / rel)
+        for rel in files:
+            out = dst / rel
+            existed = out.exists()
+            expected = normalize_path(f"{os.fspath(src_dir)}/{rel.as_posix()}") if verify_paths else None
+            with open_reader(src / rel, key, expected_path=expected) as reader:
+                with (
+                    _io_errors(src / rel, out),
+                    atomic_output(out, mode=SECRET_MODE, overwrite=overwrite) as fh,
+                ):
+                    reader.copy_to(fh, progress)
+                stored = reader.stored_path
+            if not existed:
+                done.created_files.append(out)
+            result.append((os.fspath(out), stored))
+    except BaseException:
+        done.undo()
+        raise
+    return result
+
+
+def is_protected_file(obj: PathLike | BinaryIO | bytes | bytearray | memoryview) -> bool:
+    """Cheap sniff (no key needed): ``GRAFS_PF`` magic and a whole, non-zero number of nodes."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        data = memoryview(obj)
+        return len(data) >= NODE_SIZE and len(data) % NODE_SIZE == 0 and data[:8] == FILE_ID
+    if isinstance(obj, (str, os.PathLike)):
+        try:
+            with open(obj, "rb") as fh:
+                return _sniff(fh)
+        except OSError:
+            return False
+    return _sniff(obj)
+
+
+def _sniff(fh: BinaryIO) -> bool:
+    pos = fh.tell()
+    try:
+        fh.seek(0)
+        magic = fh.read(len(FILE_ID))
+        size = fh.seek(0, io.SEEK_END)
+    finally:
+        fh.seek(pos)
+    return size >= NODE_SIZE and size % NODE_SIZE == 0 and magic == FILE_ID

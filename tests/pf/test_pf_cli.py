@@ -1,0 +1,230 @@
+"""The ``teeserve keys`` / ``encrypt`` / ``decrypt`` commands and the tree recipes, through cli.main."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from teeserve import pf
+from teeserve.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture()
+def key(work: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    code, _, _ = run(capsys, "keys", "new", "-o", "wrap_key")
+    assert code == 0
+    return work / "wrap_key"
+
+
+def make_saved_model(root: Path) -> dict[str, bytes]:
+    """A SavedModel-shaped tree: saved_model.pb, variables/ with two shards, empty assets/."""
+    rng = random.Random(7)
+    files = {
+        "saved_model.pb": rng.randbytes(5000),
+        "variables/variables.index": rng.randbytes(300),
+        "variables/variables.data-00000-of-00001": rng.randbytes(3072 + 97 * 4096 + 11),
+        "fingerprint.pb": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "assets").mkdir()
+    return files
+
+
+def test_keys_new_mode_force_and_hex(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "keys", "new", "-o", "k")
+    assert code == 0 and "mode 0600" in out
+    first = (work / "k").read_bytes()
+    assert len(first) == 16 and (work / "k").stat().st_mode & 0o777 == 0o600
+    code, _, err = run(capsys, "keys", "new", "-o", "k")
+    assert code == 1 and "k: already exists" in err and "--force" in err
+    assert (work / "k").read_bytes() == first
+    assert run(capsys, "keys", "new", "-o", "k", "--force")[0] == 0
+    assert (work / "k").read_bytes() != first
+    assert run(capsys, "keys", "new", "-o", "k.hex", "--hex")[0] == 0
+    text = (work / "k.hex").read_text()
+    assert len(text) == 33 and text.endswith("\n") and bytes.fromhex(text.strip())
+    assert (work / "k.hex").stat().st_mode & 0o777 == 0o600
+    assert run(capsys, "keys", "convert", "-i", "k.hex", "-o", "k.raw", "--to", "raw")[0] == 0
+    assert (work / "k.raw").read_bytes() == bytes.fromhex(text.strip())
+    assert (work / "k.raw").stat().st_mode & 0o777 == 0o600
+
+
+def test_encrypt_decrypt_file_prints_the_bound_path(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = os.urandom(20000)
+    (work / "model.onnx").write_bytes(data)
+    code, out, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "model.onnx", "-o", "./enc//model.onnx")
+    assert code == 0 and err == ""
+    assert out.strip() == "./enc//model.onnx\tbound to enc/model.onnx"
+    with pf.open_reader(work / "enc" / "model.onnx", key.read_bytes()) as r:
+        assert r.stored_path == "enc/model.onnx" and r.format_version == 1
+    code, out, _ = run(
+        capsys, "decrypt", "-w", "wrap_key", "-i", "enc/model.onnx", "-o", "plain", "--verify-path"
+    )
+    assert code == 0 and "verified" in out
+    assert (work / "plain").read_bytes() == data
+    assert (work / "plain").stat().st_mode & 0o777 == 0o600
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "model.onnx", "-o", "enc/model.onnx")
+    assert code == 1 and "already exists" in err
+    argv = ["encrypt", "-w", "wrap_key", "-i", "model.onnx", "-o", "enc/model.onnx", "--force"]
+    assert run(capsys, *argv)[0] == 0
+
+
+def test_host_prefix_and_format_version_2(work: Path, key: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "m.bin").write_bytes(b"weights" * 1000)
+    code, out, _ = run(
+        capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "out/m.bin",
+        "--host-prefix", "/srv/models/./x/..", "--format-version", "2",
+    )
+    assert code == 0 and out.strip() == "out/m.bin\tbound to /srv/models/m.bin"
+    assert (work / "out" / "m.bin").read_bytes()[8] == 2
+    # --verify-path compares with the -i path, which is not where the file will be mounted
+    code, _, err = run(capsys, "decrypt", "-w", "wrap_key", "-i", "out/m.bin", "-o", "p", "--verify-path")
+    assert code == 1 and "'/srv/models/m.bin'" in err and "'out/m.bin'" in err
+    assert not (work / "p").exists()
+    code, _, _ = run(
+        capsys, "decrypt", "-w", "wrap_key", "-i", "out/m.bin", "-o", "p",
+        "--expected-path", "/srv//models/m.bin",
+    )
+    assert code == 0 and (work / "p").read_bytes() == b"weights" * 1000
+
+
+def test_failures_leave_no_output(work: Path, key: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "m.bin").write_bytes(os.urandom(50000))
+    assert run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "enc.bin")[0] == 0
+    run(capsys, "keys", "new", "-o", "other_key")
+    before = sorted(os.listdir(work))
+    code, out, err = run(capsys, "decrypt", "-w", "other_key", "-i", "enc.bin", "-o", "dec.bin")
+    assert code == 1 and out == ""
+    assert err.startswith("teeserve: error: enc.bin: ") and "wrap key is wrong" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    tampered = bytearray((work / "enc.bin").read_bytes())
+    tampered[5 * 4096 + 100] ^= 1
+    (work / "bad.bin").write_bytes(tampered)
+    code, _, err = run(capsys, "decrypt", "-w", "wrap_key", "-i", "bad.bin", "-o", "dec.bin")
+    assert code == 1 and "physical node 5" in err and "data node #3" in err
+    assert sorted(os.listdir(work)) == sorted([*before, "bad.bin"])  # no dec.bin, no temporary file
+    code, _, err = run(capsys, "decrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "dec.bin")
+    assert code == 1 and "not a Gramine protected file" in err
+    v2 = bytearray(pf.encrypt_bytes(b"x", key.read_bytes(), "r.bin", format_version=2))
+    v2[58] = 1
+    (work / "r.bin").write_bytes(v2)
+    code, _, err = run(capsys, "decrypt", "-w", "wrap_key", "-i", "r.bin", "-o", "dec.bin")
+    assert code == 1 and "recovery" in err and not (work / "dec.bin").exists()
+
+
+def test_bad_key_files(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "m.bin").write_bytes(b"x")
+    (work / "bad_key").write_bytes(b"0123456789abcdef0123\n")
+    code, _, err = run(capsys, "encrypt", "-w", "bad_key", "-i", "m.bin", "-o", "e.bin")
+    assert code == 1 and "bad_key: not a wrap key" in err and "20 hex characters" in err
+    assert "0123456789" not in err and not (work / "e.bin").exists()
+    code, _, err = run(capsys, "encrypt", "-w", "nope", "-i", "m.bin", "-o", "e.bin")
+    assert code == 1 and "nope: cannot read the wrap key" in err
+
+
+def test_trees_round_trip(work: Path, key: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = make_saved_model(work / "model" / "1")
+    code, out, _ = run(capsys, "encrypt", "-w", "wrap_key", "-i", "model", "-o", "enc/model")
+    assert code == 0
+    for rel in files:
+        assert f"enc/model/1/{rel}\tbound to enc/model/1/{rel}" in out.splitlines()
+        assert pf.is_protected_file(work / "enc/model/1" / rel)
+    assert (work / "enc/model/1/assets").is_dir()  # empty directories are mirrored too
+    code, out, _ = run(capsys, "decrypt", "-w", "wrap_key", "-i", "enc/model", "-o", "dec", "--verify-path")
+    assert code == 0
+    for rel, data in files.items():
+        assert (work / "dec/1" / rel).read_bytes() == data
+        assert (work / "dec/1" / rel).stat().st_mode & 0o777 == 0o600
+    # the tree was bound to enc/model: moved elsewhere, path verification fails, and all or nothing
+    os.rename(work / "enc", work / "moved")
+    code, _, err = run(
+        capsys, "decrypt", "-w", "wrap_key", "-i", "moved/model", "-o", "dec2", "--verify-path"
+    )
+    assert code == 1 and "PathMismatch" not in err and "was expected" in err
+    assert not (work / "dec2").exists()
+
+
+def test_tree_with_host_prefix_and_refusals(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_saved_model(work / "m")
+    code, out, _ = run(
+        capsys, "encrypt", "-w", "wrap_key", "-i", "m", "-o", "e", "--host-prefix", "/models/demo/1"
+    )
+    assert code == 0
+    assert "e/variables/variables.index\tbound to /models/demo/1/variables/variables.index" in out
+    # refuses to overwrite any file, before writing anything
+    (work / "m" / "new.txt").write_bytes(b"new")
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m", "-o", "e")
+    assert code == 1 and "already exists" in err and not (work / "e" / "new.txt").exists()
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m", "-o", "m/inside")
+    assert code == 1 and "must not be inside" in err
+
+
+def test_tree_failure_removes_what_it_created(work: Path, key: Path) -> None:
+    k = key.read_bytes()
+    src = work / "enc"
+    make_saved_model(work / "plain")
+    pf.encrypt_tree(work / "plain", src, k)
+    victim = src / "variables" / "variables.index"  # sorted last: the files before it are written first
+    blob = bytearray(victim.read_bytes())
+    blob[100] ^= 1
+    victim.write_bytes(blob)
+    with pytest.raises(pf.WrongKeyOrCorruptMetadata):
+        pf.decrypt_tree(src, work / "out", k)
+    assert not (work / "out").exists()
+
+
+def test_encrypt_tree_api(work: Path, key: Path) -> None:
+    files = make_saved_model(work / "sm")
+    written = pf.encrypt_tree(work / "sm", "enc", key.read_bytes(), format_version=2)
+    assert [w[1] for w in written] == sorted(f"enc/{rel}" for rel in files)
+    for out, bound in written:
+        with pf.open_reader(out, key.read_bytes(), expected_path=bound) as r:
+            assert r.read_all() == files[bound[len("enc/"):]] and r.format_version == 2
+
+
+def test_progress_bar_only_on_a_terminal(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (work / "m.bin").write_bytes(os.urandom(3072 + 200 * 4096))
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "a.bin")
+    assert code == 0 and err == ""  # not a terminal: no bar
+    monkeypatch.setattr(type(__import__("sys").stderr), "isatty", lambda self: True, raising=False)
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "b.bin")
+    assert code == 0 and "encrypt:" in err and "803k" in err  # tqdm, sized in bytes
+
+
+def test_input_must_be_a_regular_file(work: Path, key: Path) -> None:
+    with pytest.raises(pf.ProtectedFileError, match="not a regular file"):
+        pf.encrypt_file("/dev/null", work / "x", key.read_bytes())
+    with pytest.raises(pf.ProtectedFileError, match="cannot read"):
+        pf.encrypt_file(work / "missing", work / "x", key.read_bytes())
+    assert not (work / "x").exists()
+
+
+def test_unwritable_output_is_a_clean_error(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "m.bin").write_bytes(b"x")
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "/proc/no/such/dir/e.bin")
+    assert code == 1 and err.startswith("teeserve: error: m.bin -> /proc/no/such/dir/e.bin: failed:")
