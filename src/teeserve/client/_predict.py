@@ -137,13 +137,15 @@ def get_signature(target: Target, tls: TlsOptions) -> dict[str, tuple[int, tuple
         sig = sigs.get(target.signature or "serving_default")
         if sig is None:
             raise ClientError(f"model {target.model} has no signature {target.signature or 'serving_default'!r}")
-        from ..serving._tensors import dtype_enum_from_name
+        from .._proto import POOL
 
+        dt_enum = POOL.FindEnumTypeByName("tensorflow.DataType").values_by_name
         out = {}
         for alias, info in sig.get("inputs", {}).items():
             ts = info.get("tensor_shape", {})
             shape = None if ts.get("unknown_rank") else tuple(int(d.get("size", -1)) for d in ts.get("dim", []))
-            out[alias] = (dtype_enum_from_name(info.get("dtype", "DT_INVALID")), shape)
+            dt = dt_enum.get(info.get("dtype", "DT_INVALID"))
+            out[alias] = (dt.number if dt is not None else 0, shape)
         return out
     req = pb.GetModelMetadataRequest()
     _fill_spec(req.model_spec, target)

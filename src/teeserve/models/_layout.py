@@ -1,0 +1,141 @@
+"""TensorFlow Serving's on-disk layout and all-or-nothing output.
+
+Strategy: a model lives at ``<base>/<name>/<version>/`` (a SavedModel: ``saved_model.pb`` and
+``variables/``; or ``model.onnx`` for the ONNX backend). Outputs are built in a hidden staging folder
+next to their destination and renamed into place only when complete and verified, so a failure leaves
+nothing behind and a polling server never sees a half-written version (hidden names are not numeric,
+so TensorFlow Serving's version discovery ignores them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._errors import UsageError
+from .._io import OutputExists
+
+__all__ = [
+    "check_absent",
+    "import_tensorflow",
+    "install",
+    "parent_dirs",
+    "quiet_tensorflow",
+    "staging_dir",
+    "version_dir",
+]
+
+
+def version_dir(base: str | os.PathLike[str], version: int) -> Path:
+    """``base/<version>`` after checking that ``version`` is a valid servable version number."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise UsageError(f"model version must be a non-negative integer, not {version!r}")
+    return Path(base) / str(version)
+
+
+@contextlib.contextmanager
+def staging_dir(near: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden temporary folder in ``near`` (created if needed), removed on exit whatever happens."""
+    parent = Path(near)
+    try:
+        created = _mkdirs(parent)
+        tmp = Path(tempfile.mkdtemp(prefix=".teeserve-staging-", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"{parent}: cannot create an output folder here: {exc.strerror}") from exc
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):  # only the folders we made and that stayed empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+@contextlib.contextmanager
+def parent_dirs(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Create the missing parents of ``path``; remove them again if the block fails."""
+    created = _mkdirs(Path(path).parent)
+    try:
+        yield
+    except BaseException:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def check_absent(target: Path, force: bool) -> None:
+    if not force and (target.exists() or target.is_symlink()):
+        raise OutputExists(target)
+
+
+def install(staged: Path, target: Path, *, force: bool) -> None:
+    """Rename ``staged`` (file or folder) to ``target``; with ``force`` replace an existing one.
+
+    The replacement is a rename of the old one aside, a rename of the new one in and a removal, so the
+    target is never half-written.
+    """
+    check_absent(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _mkdirs(path: Path) -> list[Path]:
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    missing.reverse()
+    for d in missing:
+        d.mkdir()
+    return missing
+
+
+_NOISY_LOGGERS = ("tensorflow", "tf2onnx", "absl", "h5py")
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Silence TensorFlow's and tf2onnx's deprecation chatter for the duration of a call.
+
+    The conversion APIs used here (``tf.compat.v1`` graphs, the SavedModel builder) log pages of
+    "Instructions for updating" that mean nothing to the model owner; real failures still raise.
+    """
+    saved = {}
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        saved[name] = lg.level
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def import_tensorflow():  # type: ignore[no-untyped-def]
+    """Import TensorFlow with its C++ start-up banner turned down (unless the user set the level)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
