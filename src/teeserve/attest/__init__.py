@@ -1,0 +1,121 @@
+"""Attestation: quotes, DCAP verification, collateral, key-release policy and the simulated TEE.
+
+The recipes a caller needs (the rest lives in ``_`` modules)::
+
+    quote = parse_quote(raw)                                   # SGX v3 / TDX v4, v5 → dataclasses
+    verified = verify_evidence(raw, collateral=FileCollateralSource("coll.json"),
+                               sim_keys=policy.sim_keys, now=now)   # DCAP or SIMULATED
+    verdict = policy.evaluate(verified, "model-key", now=now)  # every failed rule
+    verdict.raise_for_violations()
+
+Sub-packages owned elsewhere: ``attest.ratls`` (RA-TLS certificates) and ``attest.evidence``
+(evidence providers). ``attest.sim`` is the simulated TEE. Errors: see ``_errors``.
+"""
+
+from __future__ import annotations
+
+from . import sim
+from ._collateral import Collateral, CollateralSource, DictCollateralSource, FileCollateralSource
+from ._dcap import verify_dcap
+from ._describe import describe_quote, describe_verdict, describe_verified, format_quote
+from ._errors import (
+    AttestError,
+    CollateralError,
+    CollateralExpired,
+    CollateralInvalid,
+    CollateralUnavailable,
+    MalformedQuote,
+    PolicyError,
+    PolicyInvalid,
+    PolicyViolation,
+    QuoteError,
+    QuoteSignatureInvalid,
+    QuoteVerificationFailed,
+    SimulationKeyInvalid,
+    SimulationNotAllowed,
+    UnknownSecret,
+    UnsupportedQuoteVersion,
+    UntrustedSimulationKey,
+)
+from ._pccs import CachingCollateralSource, PccsClient
+from ._policy import (
+    Policy,
+    SecretPolicy,
+    SgxIdentity,
+    TdxIdentity,
+    Verdict,
+    encode_secret,
+    evaluate,
+    read_secret,
+)
+from ._policy_load import load_policy, parse_policy, parse_ra_config
+from ._quote import (
+    CertificationData,
+    Quote,
+    QuoteHeader,
+    SgxFlags,
+    SgxReportBody,
+    SignatureData,
+    TdAttributes,
+    TdReport,
+    decode_quote_bytes,
+    parse_quote,
+)
+from ._verified import TeeKind, VerifiedQuote
+from ._verify import verify_evidence
+
+__all__ = [
+    "AttestError",
+    "CachingCollateralSource",
+    "CertificationData",
+    "Collateral",
+    "CollateralError",
+    "CollateralExpired",
+    "CollateralInvalid",
+    "CollateralSource",
+    "CollateralUnavailable",
+    "DictCollateralSource",
+    "FileCollateralSource",
+    "MalformedQuote",
+    "PccsClient",
+    "Policy",
+    "PolicyError",
+    "PolicyInvalid",
+    "PolicyViolation",
+    "Quote",
+    "QuoteError",
+    "QuoteHeader",
+    "QuoteSignatureInvalid",
+    "QuoteVerificationFailed",
+    "SecretPolicy",
+    "SgxFlags",
+    "SgxIdentity",
+    "SgxReportBody",
+    "SignatureData",
+    "SimulationKeyInvalid",
+    "SimulationNotAllowed",
+    "TdAttributes",
+    "TdReport",
+    "TdxIdentity",
+    "TeeKind",
+    "UnknownSecret",
+    "UnsupportedQuoteVersion",
+    "UntrustedSimulationKey",
+    "Verdict",
+    "VerifiedQuote",
+    "decode_quote_bytes",
+    "describe_quote",
+    "describe_verdict",
+    "describe_verified",
+    "encode_secret",
+    "evaluate",
+    "format_quote",
+    "load_policy",
+    "parse_policy",
+    "parse_quote",
+    "parse_ra_config",
+    "read_secret",
+    "sim",
+    "verify_dcap",
+    "verify_evidence",
+]

@@ -1,0 +1,204 @@
+"""The PCCS client and the collateral cache, against a real HTTPS test PCCS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from teeserve._errors import UsageError
+from teeserve.attest import (
+    CachingCollateralSource,
+    Collateral,
+    CollateralExpired,
+    CollateralInvalid,
+    CollateralUnavailable,
+    PccsClient,
+    parse_quote,
+    verify_evidence,
+)
+from teeserve.attest._pccs import raw_json_member
+
+from _attest_helpers import RunningPccs, collateral_path, entry, quote_of, running_pccs
+
+SGX = entry("automata-sgx-v3-platform")  # SWHardeningNeeded, collateral 2025-08-15 .. 2025-09-14
+TDX = entry("phala-tdx-v4")  # UpToDate
+
+
+@pytest.fixture
+def pccs(tmp_path: Path) -> Iterator[RunningPccs]:
+    with running_pccs(tmp_path, [collateral_path(SGX)]) as server:
+        yield server
+
+
+@pytest.mark.parametrize("e", [SGX, TDX], ids=["sgx", "tdx"])
+def test_fetch_reassembles_the_vector_collateral(tmp_path: Path, e: dict) -> None:
+    q = parse_quote(quote_of(e))
+    assert q.fmspc and q.pck_ca
+    with running_pccs(tmp_path, [collateral_path(e)]) as pccs:
+        got = PccsClient(pccs.url, ca_file=pccs.ca_file).fetch(q.tee, q.fmspc, q.pck_ca)
+    want = json.loads(collateral_path(e).read_text())
+    have = json.loads(got.json_text)
+    for k, v in want.items():
+        assert have[k] == v, k  # signed members byte for byte, CRLs hex, chains URL-decoded
+    assert verify_evidence(q.raw, collateral=_static(got), now=e["now_secs"]).tcb_status == e["expected"]["status"]
+    tee = q.tee
+    assert f"/{tee}/certification/v4/tcb?fmspc={q.fmspc}&update=standard" in pccs.state.requests
+    assert f"/{tee}/certification/v4/qe/identity?update=standard" in pccs.state.requests
+    assert f"/sgx/certification/v4/pckcrl?ca={q.pck_ca}&encoding=der" in pccs.state.requests
+    assert "/sgx/certification/v4/rootcacrl" in pccs.state.requests
+
+
+class _static:
+    def __init__(self, c: Collateral) -> None:
+        self.c = c
+
+    def get(self, quote, *, now):  # type: ignore[no-untyped-def]
+        return self.c
+
+
+def test_tls_is_verified_by_default(pccs: RunningPccs) -> None:
+    client = PccsClient(pccs.url)  # the system store does not know the test CA
+    with pytest.raises(CollateralUnavailable, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        client.fetch("sgx", "00606A000000", "platform")
+    assert pccs.state.requests == []  # the handshake failed before any request
+
+
+def test_plain_http_and_bad_ca_file_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="https"):
+        PccsClient("http://127.0.0.1:8081")
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(UsageError, match="CA file"):
+        PccsClient("https://127.0.0.1:8081", ca_file=bad)
+
+
+def test_unknown_fmspc_is_unavailable(pccs: RunningPccs) -> None:
+    with pytest.raises(CollateralUnavailable, match="HTTP 404"):
+        PccsClient(pccs.url, ca_file=pccs.ca_file).fetch("sgx", "FFFFFFFFFFFF", "platform")
+
+
+def test_down_pccs_is_unavailable(pccs: RunningPccs) -> None:
+    pccs.state.up = False
+    with pytest.raises(CollateralUnavailable, match="HTTP 503"):
+        PccsClient(pccs.url, ca_file=pccs.ca_file).fetch("sgx", "00606A000000", "platform")
+
+
+def test_cache_sequence_pccs_down_then_expiry_fails_closed(pccs: RunningPccs, tmp_path: Path) -> None:
+    """fetch → cached → PCCS down → still served from cache → past nextUpdate → CollateralExpired."""
+    raw = quote_of(SGX)
+    now = SGX["now_secs"]
+    cache_dir = tmp_path / "cache"
+    client = PccsClient(pccs.url, ca_file=pccs.ca_file)
+    src = CachingCollateralSource(client, cache_dir, retry_after=0)
+
+    v = verify_evidence(raw, collateral=src, now=now)
+    assert v.tcb_status == "SWHardeningNeeded" and src.fetches == 1
+    expiry = v.collateral_expiry
+    assert expiry is not None
+    cached = cache_dir / "sgx-00606A000000-platform.json"
+    assert cached.exists()
+
+    n = len(pccs.state.requests)
+    assert verify_evidence(raw, collateral=src, now=now + 3600).tcb_status == "SWHardeningNeeded"
+    assert src.fetches == 1 and len(pccs.state.requests) == n  # served from memory
+
+    # a new process with the same cache directory: served from disk, no fetch
+    src2 = CachingCollateralSource(client, cache_dir, retry_after=0)
+    assert src2.get(parse_quote(raw), now=now + 7200).next_update == expiry
+    assert src2.fetches == 0
+
+    pccs.state.up = False
+    # older than the refresh interval: a refresh is tried, fails, and the cached set is served
+    later = now + 2 * 24 * 3600
+    assert verify_evidence(raw, collateral=src2, now=later).tcb_status == "SWHardeningNeeded"
+    assert src2.fetches == 1
+    # inside the refresh margin before nextUpdate: still served (PCCS still down)
+    assert src2.get(parse_quote(raw), now=expiry - 60).next_update == expiry
+    # at / after nextUpdate: fail closed
+    with pytest.raises(CollateralExpired, match="no fresh set could be fetched"):
+        src2.get(parse_quote(raw), now=expiry)
+    with pytest.raises(CollateralExpired):
+        verify_evidence(raw, collateral=src2, now=expiry + 10)
+
+
+def test_nothing_cached_and_pccs_down_is_unavailable(pccs: RunningPccs, tmp_path: Path) -> None:
+    pccs.state.up = False
+    src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path / "cache")
+    with pytest.raises(CollateralUnavailable, match="HTTP 503"):
+        src.get(parse_quote(quote_of(SGX)), now=SGX["now_secs"])
+
+
+def test_refreshed_ahead_of_expiry(pccs: RunningPccs, tmp_path: Path) -> None:
+    q = parse_quote(quote_of(SGX))
+    src = CachingCollateralSource(
+        PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path, refresh_interval=10**9, refresh_margin=3 * 86400
+    )
+    first = src.get(q, now=SGX["now_secs"])
+    assert src.fetches == 1
+    src.get(q, now=first.next_update - 3 * 86400 - 1)  # just before the margin: cached
+    assert src.fetches == 1
+    src.get(q, now=first.next_update - 3 * 86400)  # inside the margin: refreshed while still valid
+    assert src.fetches == 2
+
+
+def test_failed_fetch_is_not_retried_at_once(pccs: RunningPccs, tmp_path: Path) -> None:
+    q = parse_quote(quote_of(SGX))
+    src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path, retry_after=60)
+    pccs.state.up = False
+    now = SGX["now_secs"]
+    with pytest.raises(CollateralUnavailable):
+        src.get(q, now=now)
+    with pytest.raises(CollateralUnavailable, match="not retrying"):
+        src.get(q, now=now + 30)
+    assert src.fetches == 1
+    pccs.state.up = True
+    assert src.get(q, now=now + 61).fmspc == "00606A000000"
+    assert src.fetches == 2
+
+
+def test_corrupt_cache_file_is_refetched(pccs: RunningPccs, tmp_path: Path) -> None:
+    q = parse_quote(quote_of(SGX))
+    (tmp_path / "sgx-00606A000000-platform.json").write_text("{garbage")
+    src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path)
+    assert src.get(q, now=SGX["now_secs"]).fmspc == "00606A000000"
+    assert src.fetches == 1
+    doc = json.loads((tmp_path / "sgx-00606A000000-platform.json").read_text())
+    assert doc["fetched_at"] == SGX["now_secs"]
+
+
+def test_a_fake_fetcher_behind_the_cache(tmp_path: Path) -> None:
+    """The cache works with any fetcher (here a dict-backed fake returning the vector set)."""
+    coll = Collateral.from_file(collateral_path(SGX))
+
+    class Fake:
+        calls = 0
+
+        def fetch(self, tee: str, fmspc: str, ca: str) -> Collateral:
+            Fake.calls += 1
+            if fmspc != coll.fmspc:
+                raise CollateralUnavailable("no such fmspc")
+            return coll
+
+    src = CachingCollateralSource(Fake(), None)
+    q = parse_quote(quote_of(SGX))
+    assert src.get(q, now=SGX["now_secs"]) is coll
+    assert src.get(q, now=SGX["now_secs"] + 1) is coll and Fake.calls == 1
+
+
+def test_raw_json_member_keeps_exact_bytes() -> None:
+    body = '{ "tcbInfo" : {"b":1,  "a":[1, 2]} , "signature":"ab"}'
+    assert raw_json_member(body, "tcbInfo") == '{"b":1,  "a":[1, 2]}'
+    assert raw_json_member(body, "signature") == '"ab"'
+    for bad in ("[]", '{"x":1}', '{"tcbInfo" 1}'):
+        with pytest.raises(ValueError):
+            raw_json_member(bad, "tcbInfo")
+
+
+def test_malformed_pccs_body_is_invalid(pccs: RunningPccs) -> None:
+    good = pccs.state.collaterals[0]
+    pccs.state.collaterals[0] = {**good, "tcb_info_signature": 'x"'}  # breaks the response JSON
+    with pytest.raises(CollateralInvalid, match="TCB info"):
+        PccsClient(pccs.url, ca_file=pccs.ca_file).fetch("sgx", "00606A000000", "platform")
