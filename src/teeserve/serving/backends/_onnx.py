@@ -1,0 +1,105 @@
+"""ONNX Runtime servables, loaded from bytes (so an encrypted model is never written in plaintext).
+
+Strategy: the model bytes (decrypted in memory if the file is protected) go straight into
+``InferenceSession(bytes, options, providers=["CPUExecutionProvider"])``. A ``serving_default``
+predict signature is synthesized from the graph: aliases are the ONNX input/output names, dtypes map
+to TensorFlow DataTypes, symbolic dimensions become -1. ``session.run`` is thread-safe, so one
+session serves every concurrent request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._config import ServingOptions
+from .._secrets import FileReadError, ModelFiles
+from .._tensors import DT
+from .._types import DEFAULT_SIGNATURE, PREDICT_METHOD, Code, ServingError, Signature, TensorSpec
+from ._base import LoadError, Servable
+
+__all__ = ["OnnxServable", "ONNX_TO_DT"]
+
+ONNX_TO_DT = {
+    "tensor(float)": DT.FLOAT, "tensor(double)": DT.DOUBLE, "tensor(int32)": DT.INT32,
+    "tensor(uint8)": DT.UINT8, "tensor(int16)": DT.INT16, "tensor(int8)": DT.INT8,
+    "tensor(string)": DT.STRING, "tensor(int64)": DT.INT64, "tensor(bool)": DT.BOOL,
+    "tensor(uint16)": DT.UINT16, "tensor(float16)": DT.HALF, "tensor(uint32)": DT.UINT32,
+    "tensor(uint64)": DT.UINT64, "tensor(complex64)": DT.COMPLEX64, "tensor(complex128)": DT.COMPLEX128,
+    "tensor(bfloat16)": DT.BFLOAT16,
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    dtype = ONNX_TO_DT.get(arg.type, DT.INVALID)
+    shape = arg.shape
+    dims = None if shape is None else tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+    return TensorSpec(arg.name, dtype, dims)
+
+
+class OnnxServable(Servable):
+    runtime = "ONNXRuntime"
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        inputs = {a.name: _spec(a) for a in session.get_inputs()}
+        outputs = {a.name: _spec(a) for a in session.get_outputs()}
+        self.signatures = {DEFAULT_SIGNATURE: Signature(PREDICT_METHOD, inputs, outputs)}
+        self._string_inputs = {k for k, s in inputs.items() if s.dtype == DT.STRING}
+
+    @classmethod
+    def load(cls, files: ModelFiles, options: ServingOptions) -> OnnxServable:
+        import onnxruntime as ort
+
+        try:
+            model = files.read("model.onnx")
+        except FileReadError as exc:
+            raise LoadError(Code.DATA_LOSS if exc.permanent else Code.UNAVAILABLE, str(exc),
+                            permanent=exc.permanent) from exc
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(0, options.intra_op_threads)
+        so.inter_op_num_threads = max(0, options.inter_op_threads)
+        if options.inter_op_threads > 1:
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+            raise LoadError(Code.INVALID_ARGUMENT,
+                            f"{files.path('model.onnx')}: not a loadable ONNX model: {exc}") from exc
+        finally:
+            del model
+        return cls(session)
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+            output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
+        feed: dict[str, Any] = {}
+        for name, arr in inputs.items():
+            if name in self._string_inputs:
+                try:
+                    arr = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
+                                       otypes=[object])(arr)
+                except UnicodeDecodeError:
+                    raise ServingError(Code.INVALID_ARGUMENT,
+                                       f"input tensor alias {name}: ONNX string inputs must be UTF-8") from None
+            feed[name] = arr
+        try:
+            values = self._session.run(list(output_aliases), feed)
+        except Exception as exc:
+            # Inputs were validated against the signature; what is left are data-dependent failures
+            # the model reports (e.g. a shape that only conflicts inside the graph): ORT's
+            # InvalidArgument is the client's fault, anything else (Fail, RuntimeException) ours.
+            code = Code.INVALID_ARGUMENT if type(exc).__name__ in ("InvalidArgument", "InvalidGraph") \
+                else Code.INTERNAL
+            raise ServingError(code, f"ONNX Runtime: {exc}") from exc
+        out: dict[str, np.ndarray] = {}
+        for alias, value in zip(output_aliases, values):
+            if isinstance(value, np.ndarray) and value.dtype == object:
+                value = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(value)
+            out[alias] = value
+        return out
+
+    def close(self) -> None:
+        self._session = None

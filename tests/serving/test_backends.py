@@ -1,0 +1,150 @@
+"""Backends and warmup: format detection, TFRecord framing against TensorFlow's, warmup replay (§5)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from teeserve import pf
+from teeserve._proto import pb
+from teeserve.serving import Code, ModelRef, VersionState
+from teeserve.serving._config import ModelConfig, ServingOptions
+from teeserve.serving._secrets import KeyRing, ModelFiles
+from teeserve.serving._tensors import ndarray_to_tensor_proto
+from teeserve.serving._warmup import WARMUP_FILE, crc32c, read_tfrecords, write_tfrecords
+from teeserve.serving.backends import LoadError, detect_format, load_servable
+
+
+def _predict_log(inputs: dict[str, np.ndarray], signature: str = "") -> bytes:
+    log = pb.PredictionLog()
+    req = log.predict_log.request
+    req.model_spec.name = "ignored"
+    req.model_spec.signature_name = signature
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(ndarray_to_tensor_proto(v))
+    return log.SerializeToString()
+
+
+def _copy_with_warmup(src_base: Path, dst_base: Path, records: list[bytes]) -> Path:
+    shutil.copytree(src_base, dst_base)
+    w = dst_base / "1" / WARMUP_FILE
+    w.parent.mkdir(parents=True, exist_ok=True)
+    w.write_bytes(write_tfrecords(records))
+    return dst_base
+
+
+def test_crc32c_known_answers() -> None:
+    from teeserve.serving._warmup import _crc_update_py
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"") == 0
+    for n in (4096, 5003, 100_000):  # the chunked numpy path agrees with the byte-wise table
+        data = bytes((i * 31 + 7) & 0xFF for i in range(n))
+        assert crc32c(data) == _crc_update_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
+
+
+def test_tfrecord_framing_matches_tensorflow(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    records = [b"", b"a", b"hello" * 1000, bytes(range(256)) * 40]
+    path = tmp_path / "tf.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for r in records:
+            w.write(r)
+    assert read_tfrecords(path.read_bytes()) == records
+    assert write_tfrecords(records) == path.read_bytes()
+    ours = tmp_path / "ours.tfrecord"
+    ours.write_bytes(write_tfrecords(records))
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(ours))] == records
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda b: b[:-1], "truncated record"),
+    (lambda b: b[:8] + bytes([b[8] ^ 1]) + b[9:], "length CRC mismatch"),
+    (lambda b: b[:14] + bytes([b[14] ^ 1]) + b[15:], "data CRC mismatch"),
+    (lambda b: b[:5], "truncated record header"),
+])
+def test_tfrecord_corruption_is_detected(damage: Any, fragment: str) -> None:
+    data = write_tfrecords([b"payload-1", b"payload-2"])
+    with pytest.raises(ValueError) as e:
+        read_tfrecords(damage(data), "warmup")
+    assert fragment in str(e.value) and "warmup" in str(e.value)
+
+
+def test_format_detection(tmp_path: Path, onnx_model_dir: Path, saved_model_dir: Path) -> None:
+    ring = KeyRing()
+    assert detect_format(ModelFiles(onnx_model_dir / "1", ring)) == "onnx"
+    assert detect_format(ModelFiles(saved_model_dir / "1", ring)) == "tensorflow"
+    with pytest.raises(LoadError) as e:
+        detect_format(ModelFiles(tmp_path, ring))
+    assert e.value.code == Code.NOT_FOUND
+
+
+def test_corrupt_onnx_model_fails_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(LoadError) as e:
+        load_servable(ModelFiles(tmp_path, KeyRing()), ServingOptions())
+    assert e.value.code == Code.INVALID_ARGUMENT and "not a loadable ONNX model" in e.value.message
+    assert str(tmp_path / "model.onnx") in e.value.message
+
+
+def test_warmup_replays_predict_records(make_core: Any, loop_thread: Any, tmp_path: Path,
+                                        onnx_model_dir: Path) -> None:
+    good = _predict_log({"images": np.zeros((2, 8, 8), np.float32)})
+    bad = _predict_log({"pixels": np.zeros((2, 8, 8), np.float32)})
+    ok_base = _copy_with_warmup(onnx_model_dir, tmp_path / "ok", [good] * 3)
+    c = make_core(ok_base, num_request_iterations_for_warmup=2)
+    assert loop_thread.call(lambda: c.model_status("digits"))[0].state == VersionState.AVAILABLE
+    bad_base = _copy_with_warmup(onnx_model_dir, tmp_path / "bad", [good, bad])
+    c2 = make_core(bad_base)
+    (st,) = loop_thread.call(lambda: c2.model_status("digits"))
+    assert st.state == VersionState.END and st.error_code == Code.INVALID_ARGUMENT
+    assert "warmup record 1 failed: input tensor alias not found in signature: pixels" in st.error_message
+    assert WARMUP_FILE in st.error_message
+    c3 = make_core(bad_base, enable_model_warmup=False)  # warmup off: the file is not read
+    assert loop_thread.call(lambda: c3.model_status("digits"))[0].state == VersionState.AVAILABLE
+
+
+def test_warmup_record_limit_and_encrypted_warmup_file(make_core: Any, loop_thread: Any, tmp_path: Path,
+                                                       onnx_model_dir: Path, wrap_key: bytes) -> None:
+    good = _predict_log({"images": np.zeros((1, 8, 8), np.float32)})
+    too_many = _copy_with_warmup(onnx_model_dir, tmp_path / "many", [good] * 1001)
+    c0 = make_core(too_many)
+    (st,) = loop_thread.call(lambda: c0.model_status("digits"))
+    assert st.state == VersionState.END and "Number of warmup records exceeds the maximum (1000)" in st.error_message
+    enc = tmp_path / "enc" / "digits"
+    pf.encrypt_tree(_copy_with_warmup(onnx_model_dir, tmp_path / "plain", [good]), enc, wrap_key)
+    assert pf.is_protected_file(enc / "1" / WARMUP_FILE)
+    c = make_core(enc, keyring=KeyRing({"default": wrap_key}))
+    assert loop_thread.call(lambda: c.model_status("digits"))[0].state == VersionState.AVAILABLE
+
+
+def test_warmup_classify_regress_and_multi_inference_records(make_core: Any, loop_thread: Any, tmp_path: Path,
+                                                             classify_model_dir: Path) -> None:
+    inp = pb.Input()
+    ex = inp.example_list.examples.add()
+    ex.features.feature["x"].float_list.value.extend([1.0, 2.0])
+    records = []
+    log = pb.PredictionLog()
+    log.classify_log.request.model_spec.signature_name = "classify_x"
+    log.classify_log.request.input.CopyFrom(inp)
+    records.append(log.SerializeToString())
+    log = pb.PredictionLog()
+    log.regress_log.request.model_spec.signature_name = "regress_x"
+    log.regress_log.request.input.CopyFrom(inp)
+    records.append(log.SerializeToString())
+    log = pb.PredictionLog()
+    t = log.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress")
+    t.model_spec.signature_name = "regress_x"
+    log.multi_inference_log.request.input.CopyFrom(inp)
+    records.append(log.SerializeToString())
+    records.append(_predict_log({"x": np.ones((1, 2), np.float32)}))
+    base = _copy_with_warmup(classify_model_dir, tmp_path / "ex", records)
+    c = make_core([ModelConfig("ex", str(base))])
+    (st,) = loop_thread.call(lambda: c.model_status("ex"))
+    assert st.state == VersionState.AVAILABLE, st
+    r = loop_thread.run(c.predict(ModelRef("ex"), "", {"x": np.array([[1.0, 2.5]], np.float32)}))
+    assert r.outputs["y"].tolist() == [3.5]
