@@ -1,0 +1,520 @@
+#!/usr/bin/env python
+"""Serving benchmark: ``teeserve serve`` over gRPC, measured side by side in one run.
+
+What it measures (issue 3 §7), each against a real ``python -m teeserve serve`` process on 127.0.0.1,
+loaded by a separate load-generator process (grpc.aio, raw pre-serialized PredictRequests, one
+outstanding request per simulated client):
+
+(a) the small digits model (ONNX), concurrency 16: requests/s, p50, p99, plaintext vs mutual TLS;
+    prints the TLS cost ratio ``mTLS rps / plaintext rps`` (goal >= 0.8) and the ratios to the peers
+    measured on this kind of machine (KServe 0.21 gRPC ~1,350 req/s, MLServer 1.7 ~500 req/s; goal
+    >= 1.5x). The peers themselves are not run here: they need their own venvs (see TODO below).
+(b) ResNet-50 v1.5 (ONNX, random weights), batch 1, concurrency 2, gRPC + mutual TLS vs in-process
+    onnxruntime with the same thread settings and 2 threads: ratio (goal >= 0.95).
+(c) throughput and p99 against concurrency 1..32 for both models (mTLS), plotted to a PNG.
+
+Rounds alternate between the configurations so that background load on the machine hits both
+sides alike; the median round is reported.
+
+TODO(peers): KServe 0.21 and MLServer 1.7 need separate virtualenvs (conflicting pins); when the lead
+decides how to provision them, start them here on the same ONNX model and add their rows.
+
+Usage:  .venv/bin/python benchmarks/bench_serving.py [--out bench-out/serving] [--quick] [--no-resnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+KSERVE_GRPC_RPS = 1350.0  # measured on this kind of machine (issue 3 §7)
+MLSERVER_GRPC_RPS = 500.0
+
+
+# --- load generator (runs in its own process) ----------------------------------------------------
+
+
+async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    import grpc
+
+    data = Path(args.request).read_bytes()
+    if args.ca:
+        creds = grpc.ssl_channel_credentials(Path(args.ca).read_bytes(), Path(args.key).read_bytes(),
+                                             Path(args.cert).read_bytes())
+        make = lambda: grpc.aio.secure_channel(  # noqa: E731
+            args.target, creds, options=[("grpc.ssl_target_name_override", "localhost"),
+                                         ("grpc.max_receive_message_length", -1)])
+    else:
+        make = lambda: grpc.aio.insecure_channel(args.target, options=[("grpc.max_receive_message_length", -1)])  # noqa: E731
+    channels = [make() for _ in range(max(1, min(args.concurrency, args.channels)))]
+    calls = [ch.unary_unary(PREDICT) for ch in channels]
+    latencies: list[float] = []
+    errors = 0
+    warm = 0
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + args.warmup
+    stop_at = measure_from + args.duration
+
+    async def client(i: int) -> None:
+        nonlocal errors, warm
+        call = calls[i % len(calls)]
+        while True:
+            t0 = loop.time()
+            if t0 >= stop_at:
+                return
+            try:
+                await call(data, timeout=60)
+            except grpc.RpcError:
+                errors += 1
+                continue
+            t1 = loop.time()
+            if t0 >= measure_from:
+                latencies.append(t1 - t0)
+            else:
+                warm += 1
+
+    await asyncio.gather(*(client(i) for i in range(args.concurrency)))
+    for ch in channels:
+        await ch.close()
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "requests": n,
+        "warmup_requests": warm,
+        "errors": errors,
+        "rps": n / args.duration,
+        "p50_ms": 1e3 * latencies[n // 2] if n else float("nan"),
+        "p99_ms": 1e3 * latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
+    }
+
+
+def run_loadgen(server: Server, request: Path, concurrency: int, duration: float, warmup: float,
+                tls: dict[str, str] | None) -> dict[str, Any]:
+    """One load-generator process against ``server``; adds the server's CPU time per request (whole run,
+    warm-up included), a figure that background load on the machine disturbs less than requests/s."""
+    target = server.target
+    cpu0 = server.cpu_seconds()
+    argv = [sys.executable, __file__, "_loadgen", "--target", target, "--request", str(request),
+            "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+    if tls:
+        argv += ["--ca", tls["ca"], "--key", tls["key"], "--cert", tls["cert"]]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 120)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed:\n{out.stderr}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    total = result["requests"] + result.pop("warmup_requests", 0)
+    result["server_cpu_ms"] = 1e3 * (server.cpu_seconds() - cpu0) / max(total, 1)
+    return result
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, base_path: Path, log_dir: Path, *extra: str, tls: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.tls = tls
+        argv = [sys.executable, "-m", "teeserve", "serve", f"--model_name={name}", f"--model_base_path={base_path}",
+                f"--port={self.port}", "--host", "127.0.0.1", "--file_system_poll_wait_seconds=0",
+                "--log-level=warning", *extra]
+        if tls:
+            argv.append(f"--ssl_config_file={tls['ssl_cfg']}")
+        self.log = open(log_dir / f"server-{name}-{'tls' if tls else 'plain'}-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self._wait_ready()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _wait_ready(self, timeout: float = 300) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        if self.tls:
+            creds = grpc.ssl_channel_credentials(*(Path(self.tls[k]).read_bytes() for k in ("ca", "key", "cert")))
+            ch = grpc.secure_channel(self.target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+        else:
+            ch = grpc.insecure_channel(self.target)
+        deadline = time.monotonic() + timeout
+        with ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"server exited ({self.proc.returncode}); see {self.log.name}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise SystemExit(f"server not ready after {timeout}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# --- models and requests ---------------------------------------------------------------------------
+
+
+def digits_model(models: Path) -> tuple[Path, str]:
+    """The demo digits model's ONNX twin (trained by teeserve.models.make_digits), made once."""
+    base = models / "digits-onnx"
+    if not (base / "1" / "model.onnx").exists():
+        from teeserve.models import make_digits
+
+        print("making the digits model (once) ...", flush=True)
+        make_digits(models, name="digits", samples_out=models / "samples", force=True)
+    return base, "digits"
+
+
+def resnet_model(models: Path) -> tuple[Path, str]:
+    base = models / "resnet50-v15-fp32-onnx"
+    if not (base / "1" / "model.onnx").exists():
+        from teeserve.models import make_resnet50
+
+        print("making ResNet-50 (once; 1.5-3 minutes) ...", flush=True)
+        make_resnet50(models, force=True, log=lambda m: print("  " + m, flush=True))
+    return base, "resnet50-v15-fp32"
+
+
+def predict_request(name: str, alias: str, array: np.ndarray) -> bytes:
+    from teeserve._proto import pb
+    from teeserve.serving._tensors import ndarray_to_tensor_proto
+
+    req = pb.PredictRequest()
+    req.model_spec.name = name
+    req.model_spec.signature_name = "serving_default"
+    req.inputs[alias].CopyFrom(ndarray_to_tensor_proto(array))
+    return req.SerializeToString()
+
+
+def tls_material(out: Path) -> dict[str, str]:
+    from teeserve import tlsmaterial
+
+    d = out / "tls"
+    if not (d / "ssl.cfg").exists():
+        tlsmaterial.make_tls_material(d, server_cn="localhost", client_cn="bench-client", server_dns=["localhost"],
+                                      server_ips=["127.0.0.1"], force=True)
+    return {"ssl_cfg": str(d / "ssl.cfg"), "ca": str(d / "ca_cert.pem"), "key": str(d / "client" / "key.pem"),
+            "cert": str(d / "client" / "cert.pem")}
+
+
+def in_process_onnxruntime(model: Path, feed: dict[str, np.ndarray], threads: int, intra: int, inter: int,
+                           duration: float, warmup: float) -> dict[str, Any]:
+    """``threads`` Python threads calling one session, as the server's worker threads do."""
+    import threading
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if intra:
+        so.intra_op_num_threads = intra
+    if inter:
+        so.inter_op_num_threads = inter
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    latencies: list[float] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    def worker() -> None:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            sess.run(None, feed)
+            if t0 >= measure_from:
+                latencies.append(time.perf_counter() - t0)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    latencies.sort()
+    n = len(latencies)
+    return {"requests": n, "errors": 0, "rps": n / duration, "p50_ms": 1e3 * latencies[n // 2],
+            "p99_ms": 1e3 * latencies[min(n - 1, int(n * 0.99))]}
+
+
+# --- front-end choice: grpc.aio vs the thread-pool server ------------------------------------------
+
+
+def echo_server_main(argv: list[str]) -> int:
+    """A Predict handler with the same per-request work as teeserve's front end for a tiny model
+    (parse, TensorProto -> ndarray, a 64x10 matmul, ndarray -> TensorProto, serialize), served by
+    ``grpc.aio`` (inference handed to a thread pool, as teeserve's core does) or by gRPC's synchronous
+    server (inference in the gRPC worker thread). Used by ``--frontends`` to justify the choice."""
+    import concurrent.futures as cf
+
+    import grpc
+
+    from teeserve._proto import pb
+    from teeserve.serving._tensors import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+
+    kind, port = argv[0], int(argv[1])
+    w = np.random.default_rng(0).random((64, 10), dtype=np.float32)
+    pool = cf.ThreadPoolExecutor(4)
+
+    def compute(req: Any) -> Any:
+        x = tensor_proto_to_ndarray(req.inputs["images"], "images").reshape(-1, 64)
+        resp = pb.PredictResponse()
+        resp.model_spec.name = req.model_spec.name
+        resp.outputs["probabilities"].CopyFrom(ndarray_to_tensor_proto(x @ w))
+        return resp
+
+    def handlers(fn: Any) -> Any:
+        return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+            "Predict": grpc.unary_unary_rpc_method_handler(fn, request_deserializer=pb.PredictRequest.FromString,
+                                                           response_serializer=lambda m: m.SerializeToString())})
+
+    if kind == "aio":
+        async def predict(req: Any, ctx: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(pool, compute, req)
+
+        async def serve() -> None:
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((handlers(predict),))
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            await server.start()
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+    else:
+        server = grpc.server(cf.ThreadPoolExecutor(16))
+        server.add_generic_rpc_handlers((handlers(lambda req, ctx: compute(req)),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        server.wait_for_termination()
+    return 0
+
+
+class EchoServer(Server):
+    def __init__(self, kind: str, log_dir: Path) -> None:  # noqa: D107 - same interface as Server
+        import grpc
+
+        self.port = free_port()
+        self.tls = None
+        self.log = open(log_dir / f"echo-{kind}-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, __file__, "_echo", kind, str(self.port)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with grpc.insecure_channel(self.target) as ch:
+                    grpc.channel_ready_future(ch).result(timeout=1)
+                return
+            except grpc.FutureTimeoutError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"echo server did not start; see {self.log.name}") from None
+
+
+def compare_frontends(out: Path, request: Path, args: argparse.Namespace) -> None:
+    servers = {kind: EchoServer(kind, out / "logs") for kind in ("aio", "sync")}
+    rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
+    try:
+        for _ in range(args.rounds):
+            for kind, server in servers.items():
+                rounds[kind].append(run_loadgen(server, request, args.concurrency, args.duration, args.warmup, None))
+    finally:
+        for server in servers.values():
+            server.stop()
+    aio, sync = median_round(rounds["aio"]), median_round(rounds["sync"])
+    print(f"(front end) the same tiny Predict handler, concurrency {args.concurrency}, plaintext")
+    print(row("grpc.aio + thread-pool inference", aio))
+    print(row("sync grpc.server, inline inference", sync))
+    print(f"  aio/sync requests/s: {aio['rps'] / sync['rps']:.2f}; server CPU per request aio/sync: "
+          f"{aio['server_cpu_ms'] / sync['server_cpu_ms']:.2f}\n", flush=True)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(rounds, key=lambda r: r["rps"])
+    return ordered[len(ordered) // 2]
+
+
+def row(label: str, r: dict[str, Any]) -> str:
+    cpu = f"   server CPU {r['server_cpu_ms']:.2f} ms/req" if "server_cpu_ms" in r else ""
+    return (f"  {label:<34} {r['rps']:>8.1f} req/s   p50 {r['p50_ms']:>7.2f} ms   p99 {r['p99_ms']:>7.2f} ms"
+            f"{cpu}   ({r['requests']} req, {r['errors']} errors)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "bench-out" / "serving"), help="models, TLS material, logs, plot")
+    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per point (default 8)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds for (a) and (b); median reported")
+    p.add_argument("--concurrency", type=int, default=16, help="clients for (a) (default 16)")
+    p.add_argument("--resnet-intra", type=int, default=1,
+                   help="--tensorflow_intra_op_parallelism for ResNet-50, and the same for onnxruntime in-process")
+    p.add_argument("--no-resnet", action="store_true", help="skip (b) and ResNet-50 in (c)")
+    p.add_argument("--quick", action="store_true", help="short points, one round (a smoke run)")
+    p.add_argument("--frontends", action="store_true",
+                   help="also compare grpc.aio with gRPC's thread-pool server on the same tiny handler")
+    args = p.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    models = out / "models"
+    tls = tls_material(out)
+    print(f"teeserve serving benchmark: {os.cpu_count()} CPUs, load generator in a separate process on loopback;"
+          f" {args.duration:g}s points after {args.warmup:g}s warm-up, median of {args.rounds} round(s)\n", flush=True)
+    results: dict[str, Any] = {}
+
+    # (a) digits, plaintext vs mTLS
+    base, name = digits_model(models)
+    rng = np.random.default_rng(0)
+    digits_req = out / "digits.request.bin"
+    digits_req.write_bytes(predict_request(name, "images", rng.random((1, 8, 8), dtype=np.float32)))
+    if args.frontends:
+        compare_frontends(out, digits_req, args)
+    # One intra-op thread: for a model this small, onnxruntime's extra pool threads only spin (they cost a
+    # whole core here while the load generator needs it); TF Serving users set the same flags.
+    small = ["--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1"]
+    plain = Server(name, base, out / "logs", *small)
+    secure = Server(name, base, out / "logs", *small, tls=tls)
+    rounds: dict[str, list[dict[str, Any]]] = {"plain": [], "mtls": []}
+    try:
+        for _ in range(args.rounds):
+            rounds["plain"].append(run_loadgen(plain, digits_req, args.concurrency, args.duration,
+                                               args.warmup, None))
+            rounds["mtls"].append(run_loadgen(secure, digits_req, args.concurrency, args.duration,
+                                              args.warmup, tls))
+        sweep_digits = []
+        for c in (1, 2, 4, 8, 16, 32):
+            sweep_digits.append((c, run_loadgen(secure, digits_req, c, max(args.duration / 2, 2),
+                                                args.warmup / 2, tls)))
+    finally:
+        plain.stop()
+        secure.stop()
+    a_plain, a_mtls = median_round(rounds["plain"]), median_round(rounds["mtls"])
+    results["digits"] = {"plaintext": a_plain, "mtls": a_mtls, "sweep_mtls": sweep_digits}
+    print(f"(a) digits (ONNX), gRPC, concurrency {args.concurrency}")
+    print(row("teeserve gRPC plaintext", a_plain))
+    print(row("teeserve gRPC mutual TLS", a_mtls))
+    print(f"  TLS cost ratio mTLS/plaintext: {a_mtls['rps'] / a_plain['rps']:.2f}   (goal >= 0.80)")
+    print(f"  vs KServe 0.21 gRPC (~{KSERVE_GRPC_RPS:.0f} req/s, not run here): plaintext "
+          f"{a_plain['rps'] / KSERVE_GRPC_RPS:.2f}x, mTLS {a_mtls['rps'] / KSERVE_GRPC_RPS:.2f}x   (goal >= 1.5x)")
+    print(f"  vs MLServer 1.7 gRPC (~{MLSERVER_GRPC_RPS:.0f} req/s, not run here): plaintext "
+          f"{a_plain['rps'] / MLSERVER_GRPC_RPS:.2f}x", flush=True)
+
+    # (b) ResNet-50, mTLS server vs in-process onnxruntime, concurrency 2
+    sweep_resnet: list[tuple[int, dict[str, Any]]] = []
+    if not args.no_resnet:
+        rbase, rname = resnet_model(models)
+        image = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3)).astype(np.float32)
+        resnet_req = out / "resnet.request.bin"
+        resnet_req.write_bytes(predict_request(rname, "input", image))
+        threads = [f"--tensorflow_intra_op_parallelism={args.resnet_intra}", "--tensorflow_inter_op_parallelism=1"]
+        rserver = Server(rname, rbase, out / "logs", *threads, tls=tls)
+        rr: dict[str, list[dict[str, Any]]] = {"server": [], "inproc": []}
+        try:
+            for _ in range(args.rounds):
+                rr["server"].append(run_loadgen(rserver, resnet_req, 2, args.duration, args.warmup, tls))
+                rr["inproc"].append(in_process_onnxruntime(rbase / "1" / "model.onnx", {"input": image}, 2,
+                                                           args.resnet_intra, 1, args.duration, args.warmup))
+            for c in (1, 2, 4, 8, 16, 32):
+                sweep_resnet.append((c, run_loadgen(rserver, resnet_req, c, args.duration, args.warmup / 2, tls)))
+        finally:
+            rserver.stop()
+        b_srv, b_in = median_round(rr["server"]), median_round(rr["inproc"])
+        results["resnet50"] = {"server_mtls": b_srv, "in_process": b_in, "sweep_mtls": sweep_resnet}
+        print(f"\n(b) ResNet-50 v1.5 (ONNX), batch 1, concurrency 2, intra-op threads {args.resnet_intra}")
+        print(row("teeserve gRPC mutual TLS", b_srv))
+        print(row("in-process onnxruntime, 2 threads", b_in))
+        print(f"  ratio server/in-process: {b_srv['rps'] / b_in['rps']:.2f}   (goal >= 0.95)", flush=True)
+
+    # (c) concurrency sweep
+    print("\n(c) concurrency sweep (gRPC, mutual TLS)")
+    for label, sweep in (("digits", sweep_digits), ("resnet50", sweep_resnet)):
+        for c, r in sweep:
+            print(row(f"{label} c={c}", r))
+    png = out / "serving_concurrency.png"
+    plot(sweep_digits, sweep_resnet, png)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nplot: {png}\nraw numbers: {out / 'results.json'}")
+    return 0
+
+
+def plot(digits: list[tuple[int, dict[str, Any]]], resnet: list[tuple[int, dict[str, Any]]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, sweep, style in (("digits (ONNX)", digits, "o-"), ("ResNet-50 (ONNX)", resnet, "s-")):
+        if not sweep:
+            continue
+        cs = [c for c, _ in sweep]
+        axes[0].plot(cs, [r["rps"] for _, r in sweep], style, label=label)
+        axes[1].plot(cs, [r["p99_ms"] for _, r in sweep], style, label=label)
+    for ax, title, ylabel in ((axes[0], "throughput", "requests/s"), (axes[1], "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"teeserve gRPC + mutual TLS: {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"teeserve serve on {os.cpu_count()} CPUs, load generator on the same machine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def loadgen_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--request", required=True)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--duration", type=float, default=8)
+    p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--ca")
+    p.add_argument("--key")
+    p.add_argument("--cert")
+    print(json.dumps(asyncio.run(_loadgen(p.parse_args(argv)))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    if len(sys.argv) > 1 and sys.argv[1] == "_loadgen":
+        sys.exit(loadgen_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_echo":
+        sys.exit(echo_server_main(sys.argv[2:]))
+    sys.exit(main())

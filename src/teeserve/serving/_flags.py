@@ -1,0 +1,363 @@
+"""``teeserve serve``'s command line: tensorflow_model_server's flags, plus teeserve's own options.
+
+Strategy: TensorFlow Serving's flags keep their exact names (``--model_base_path``, with
+underscores), defaults and meanings (tf-serving-api.md §8), so a deployment's start command works
+with only the program name changed. Both ``--flag=value`` and ``--flag value`` are accepted;
+booleans take ``--flag``, ``--flag=true`` / ``--flag=false`` (also 1/0, yes/no, t/f, as TensorFlow's
+parser does). Unknown flags are a usage error (exit 2); abbreviations are not accepted.
+
+Each TF flag is in one of three groups, and the ``--help`` text says which:
+
+- **honoured**: it does what it does in TensorFlow Serving;
+- **accepted**: it is parsed and has nothing to do here (``--flush_filesystem_caches``: models are
+  decrypted into memory, so there is no file-system cache to flush; ``--enable_grpc_healthcheck_service``:
+  the health service is always on);
+- **unsupported**: a feature teeserve does not have (ALTS, TFLite, GPUs, ...). The flag is accepted at
+  its TensorFlow default, so command lines that spell the default out still work, and any other
+  value is a usage error rather than a silently ignored setting.
+
+teeserve's own options use teeserve's style (``--wrap-key``, ``--log-format``). The attestation options
+(``--tee``, ``--key-broker``, ...) belong to the key-broker work and slot in next to ``--wrap-key``.
+
+This module is pure: it turns argv into a frozen :class:`ServerOptions` and reads no files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import UsageError
+
+__all__ = [
+    "ServerOptions",
+    "add_serve_arguments",
+    "build_serve_parser",
+    "options_from_args",
+    "parse_serve_args",
+    "parse_bool",
+    "parse_channel_arguments",
+    "DEFAULT_HOST",
+]
+
+#: Bind address. Like TensorFlow Serving (which listens on all interfaces) so the server is reachable
+#: in a container with published ports; pass ``--host 127.0.0.1`` for a local-only server.
+DEFAULT_HOST = "0.0.0.0"
+
+_CPUS = os.cpu_count() or 1
+
+_TRUE = {"1", "t", "true", "y", "yes"}
+_FALSE = {"0", "f", "false", "n", "no"}
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean flag value as TensorFlow's flag parser reads it (case-insensitive)."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
+    return value
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """``--grpc_channel_arguments``: comma-separated ``key=value`` gRPC arguments (integers where the
+    value is one), e.g. ``grpc.max_connection_age_ms=2000,grpc.keepalive_time_ms=10000``."""
+    out: list[tuple[str, int | str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise UsageError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            out.append((key, int(value)))
+        except ValueError:
+            out.append((key, value))
+    return out
+
+
+# (name, type, default, group, help). group: "honoured" | "accepted" | "unsupported".
+_B, _I, _S, _F = "bool", "int", "str", "float"
+_TF_FLAGS: tuple[tuple[str, str, Any, str, str], ...] = (
+    ("port", _I, 8500, "honoured", "gRPC port (0 = no gRPC on TCP)"),
+    ("grpc_socket_path", _S, "", "honoured", "also serve gRPC on this UNIX socket (same TLS as --port)"),
+    ("rest_api_port", _I, 0, "honoured", "REST port (0 = no REST); must differ from --port"),
+    ("rest_api_num_threads", _I, 4 * _CPUS, "honoured", "REST threads decoding large JSON bodies (4 x CPUs)"),
+    ("rest_api_timeout_in_ms", _I, 30000, "honoured", "REST request timeout in milliseconds"),
+    ("rest_api_enable_cors_support", _B, False, "honoured", "add CORS headers to REST responses"),
+    ("grpc_max_threads", _I, 4 * _CPUS, "honoured",
+     "most gRPC inference calls in progress at once; more wait their turn (4 x CPUs)"),
+    ("grpc_channel_arguments", _S, "", "honoured",
+     "gRPC server arguments, comma-separated key=value (e.g. grpc.max_connection_age_ms=2000)"),
+    ("model_name", _S, "default", "honoured", "name of the model (single-model mode)"),
+    ("model_base_path", _S, "", "honoured", "directory holding the model's numbered versions"),
+    ("model_config_file", _S, "", "honoured",
+     "ModelServerConfig text file (multi-model); replaces --model_name/--model_base_path"),
+    ("model_config_file_poll_wait_seconds", _I, 0, "honoured",
+     "re-read --model_config_file this often (0 = read once)"),
+    ("file_system_poll_wait_seconds", _I, 1, "honoured",
+     "poll base paths for new versions this often (0 = once at start, negative = never)"),
+    ("max_num_load_retries", _I, 5, "honoured", "retries of a failed version load"),
+    ("load_retry_interval_micros", _I, 60_000_000, "honoured", "wait between load retries"),
+    ("num_load_threads", _I, 0, "accepted", "accepted; versions load on teeserve's own small load pool"),
+    ("num_unload_threads", _I, 0, "accepted", "accepted; versions unload on the event loop"),
+    ("enable_batching", _B, False, "honoured", "batch concurrent requests server-side"),
+    ("batching_parameters_file", _S, "", "honoured", "BatchingParameters text file"),
+    ("enable_per_model_batching_parameters", _B, False, "honoured",
+     "read batching_params.pbtxt from each model version directory"),
+    ("tensorflow_session_parallelism", _I, 0, "honoured", "threads per session (0 = auto)"),
+    ("tensorflow_intra_op_parallelism", _I, 0, "honoured", "threads within one op (0 = auto)"),
+    ("tensorflow_inter_op_parallelism", _I, 0, "honoured", "ops run in parallel (0 = auto)"),
+    ("enable_model_warmup", _B, True, "honoured", "replay assets.extra/tf_serving_warmup_requests"),
+    ("num_request_iterations_for_warmup", _I, 1, "honoured", "times each warmup record is replayed"),
+    ("ssl_config_file", _S, "", "honoured",
+     "SSLConfig text file (plain, or a Gramine protected file opened with --wrap-key); secures gRPC "
+     "and REST, client_verify: true = mutual TLS on both"),
+    ("monitoring_config_file", _S, "", "honoured",
+     "MonitoringConfig text file (prometheus_config { enable: true path: ... }); served on the REST port"),
+    ("allow_version_labels_for_unavailable_models", _B, False, "honoured",
+     "allow new labels to point at versions that are not yet available"),
+    ("saved_model_tags", _S, "serve", "honoured", "SavedModel MetaGraph tags, comma-separated"),
+    ("enable_signature_method_name_check", _B, False, "honoured",
+     "check signature method names for Classify/Regress"),
+    ("enable_grpc_healthcheck_service", _B, False, "accepted",
+     "accepted; teeserve's grpc.health.v1 service is always on"),
+    ("flush_filesystem_caches", _B, True, "accepted",
+     "accepted; models are decrypted into memory, there is no file cache to flush"),
+    ("enable_profiler", _B, True, "accepted", "accepted; teeserve has no profiler service"),
+    ("remove_unused_fields_from_bundle_metagraph", _B, True, "accepted", "accepted"),
+    ("enable_serialization_as_tensor_content", _B, False, "honoured",
+     "gRPC Predict outputs as raw tensor_content instead of the typed *_val fields"),
+    ("use_alts_credentials", _B, False, "unsupported", "unsupported (ALTS)"),
+    ("platform_config_file", _S, "", "unsupported", "unsupported"),
+    ("tensorflow_session_config_file", _S, "", "unsupported", "unsupported"),
+    ("per_process_gpu_memory_fraction", _F, 0.0, "unsupported", "unsupported (no GPUs in a TEE)"),
+    ("prefer_tflite_model", _B, False, "unsupported", "unsupported (TFLite)"),
+    ("num_tflite_pools", _I, 1, "unsupported", "unsupported (TFLite)"),
+    ("num_tflite_interpreters_per_pool", _I, 1, "unsupported", "unsupported (TFLite)"),
+    ("thread_pool_factory_config_file", _S, "", "unsupported", "unsupported"),
+    ("mixed_precision", _S, "", "unsupported", "unsupported"),
+    ("xla_cpu_compilation_enabled", _B, False, "unsupported", "unsupported"),
+)
+
+_TYPES = {_I: _int, _S: str, _F: _float}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything ``teeserve serve`` was asked to do, checked for consistency, no files read yet."""
+
+    # Where and how to listen.
+    host: str = DEFAULT_HOST
+    port: int = 8500
+    grpc_socket_path: str = ""
+    rest_api_port: int = 0
+    rest_api_num_threads: int = 4 * _CPUS
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    grpc_max_threads: int = 4 * _CPUS
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    ssl_config_file: str = ""
+    monitoring_config_file: str = ""
+    # What to serve.
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    allow_version_labels_for_unavailable_models: bool = False
+    saved_model_tags: str = "serve"
+    enable_signature_method_name_check: bool = False
+    # How to run it.
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    enable_serialization_as_tensor_content: bool = False
+    # teeserve's own.
+    wrap_key_file: str = ""
+    path_map: tuple[tuple[str, str], ...] = ()
+    require_encrypted: bool = False
+    drain_timeout: float = 20.0
+    log_format: str = "text"
+    log_level: str = "info"
+    #: TF flags given on the command line that teeserve accepts but that have no effect here.
+    accepted_only: tuple[str, ...] = field(default=())
+
+    @property
+    def plaintext(self) -> bool:
+        return not self.ssl_config_file
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """Add TensorFlow Serving's flags and teeserve's own options to ``p``."""
+    tf = p.add_argument_group(
+        "TensorFlow Serving flags",
+        "Same names, defaults and meanings as tensorflow_model_server; --flag=value or --flag value; "
+        "booleans as --flag, --flag=true or --flag=false.",
+    )
+    for name, kind, default, group, text in _TF_FLAGS:
+        if group == "unsupported":
+            text = f"{text}; only its default ({_show(default)}) is accepted"
+        else:
+            text = f"{text} (default: {_show(default)})"
+        if kind == _B:
+            tf.add_argument(
+                f"--{name}", dest=name, nargs="?", const=True, default=None, type=parse_bool,
+                metavar="BOOL", help=text,
+            )
+        else:
+            metavar = "PORT" if name.endswith("port") else {"int": "N", "str": "VALUE", "float": "X"}[kind]
+            tf.add_argument(
+                f"--{name}", dest=name, default=None, type=_port if name.endswith("_port") or name == "port"
+                else _TYPES[kind], metavar=metavar, help=text,
+            )
+    own = p.add_argument_group("teeserve options")
+    own.add_argument(
+        "--host", default=DEFAULT_HOST, metavar="ADDR",
+        help=f"address to bind the gRPC and REST ports to (default: {DEFAULT_HOST}, all interfaces, as "
+        "TensorFlow Serving; 127.0.0.1 for local use only)",
+    )
+    own.add_argument(
+        "--wrap-key", dest="wrap_key_file", default="", metavar="FILE",
+        help="wrap key (16 raw bytes or 32 hex characters) for Gramine protected files: the 'default' "
+        "key, used for encrypted models and an encrypted --ssl_config_file",
+    )
+    own.add_argument(
+        "--path-map", dest="path_map", action="append", default=[], metavar="SERVED=BOUND",
+        help="protected files carry the path they were encrypted for: a file opened under SERVED must be "
+        "bound to the same path under BOUND (e.g. /models=models when 'teeserve encrypt -o models/...' "
+        "was run on the owner's machine); repeatable, first match wins",
+    )
+    own.add_argument(
+        "--require-encrypted", dest="require_encrypted", nargs="?", const=True, default=False, type=parse_bool,
+        metavar="BOOL", help="refuse model files that are not Gramine protected files (default: false)",
+    )
+    own.add_argument(
+        "--drain-timeout", type=_float, default=20.0, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, stop accepting requests and give in-flight ones this long to finish "
+        "before exiting (default: 20, inside Kubernetes' default 30 s grace period)",
+    )
+    own.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="log lines as text or as JSON objects, one per line (default: text)",
+    )
+    own.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
+        help="least severe log level printed (default: info)",
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "none"
+    return str(value)
+
+
+def build_serve_parser(prog: str = "teeserve serve") -> argparse.ArgumentParser:
+    """A stand-alone parser for the serve options (the CLI adds the same arguments to its subparser)."""
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    add_serve_arguments(p)
+    return p
+
+
+def options_from_args(ns: argparse.Namespace) -> ServerOptions:
+    """Check the parsed flags against each other and build :class:`ServerOptions`.
+
+    Raises:
+        UsageError: an unsupported flag with a non-default value, --port equal to --rest_api_port,
+            no model given, negative counts, and similar contradictions.
+    """
+    values: dict[str, Any] = {}
+    accepted: list[str] = []
+    for name, _kind, default, group, _text in _TF_FLAGS:
+        given = getattr(ns, name, None)
+        if group == "unsupported":
+            if given is not None and given != default:
+                raise UsageError(f"--{name}={_show(given)}: teeserve does not support this flag (only its "
+                                 f"default, {_show(default)}, is accepted)")
+            continue
+        if group == "accepted":
+            if given is not None:
+                accepted.append(name)
+            continue
+        values[name] = default if given is None else given
+    values["grpc_channel_arguments"] = tuple(parse_channel_arguments(values["grpc_channel_arguments"]))
+    if values["port"] == 0 and not values["grpc_socket_path"] and values["rest_api_port"] == 0:
+        raise UsageError("nothing to serve on: --port is 0 and neither --grpc_socket_path nor "
+                         "--rest_api_port is given")
+    if values["port"] and values["port"] == values["rest_api_port"]:
+        raise UsageError(f"--port and --rest_api_port cannot be the same ({values['port']})")
+    if not values["model_config_file"] and not values["model_base_path"]:
+        raise UsageError("no model to serve: give --model_base_path (with --model_name) or --model_config_file")
+    if not values["model_name"] and not values["model_config_file"]:
+        raise UsageError("--model_name is empty")
+    for name in ("rest_api_num_threads", "rest_api_timeout_in_ms", "grpc_max_threads",
+                 "num_request_iterations_for_warmup"):
+        if values[name] <= 0:
+            raise UsageError(f"--{name} must be positive, got {values[name]}")
+    for name in ("model_config_file_poll_wait_seconds", "max_num_load_retries", "load_retry_interval_micros",
+                 "tensorflow_session_parallelism",
+                 "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+        if values[name] < 0:
+            raise UsageError(f"--{name} cannot be negative, got {values[name]}")
+    path_map = []
+    for item in getattr(ns, "path_map", None) or []:
+        served, sep, bound = item.partition("=")
+        if not sep or not served or not bound:
+            raise UsageError(f"--path-map: expected SERVED=BOUND, got {item!r}")
+        path_map.append((served, bound))
+    drain = float(ns.drain_timeout)
+    if not 0 <= drain <= 3600:
+        raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain:g}")
+    return ServerOptions(
+        host=ns.host,
+        wrap_key_file=ns.wrap_key_file or "",
+        path_map=tuple(path_map),
+        require_encrypted=bool(getattr(ns, "require_encrypted", False)),
+        drain_timeout=drain,
+        log_format=ns.log_format,
+        log_level=ns.log_level,
+        accepted_only=tuple(accepted),
+        **values,
+    )
+
+
+def parse_serve_args(argv: list[str]) -> ServerOptions:
+    """argv (without the program and command name) → :class:`ServerOptions`. For tests and embedding:
+    argparse errors exit with status 2, as on the command line."""
+    return options_from_args(build_serve_parser().parse_args(argv))

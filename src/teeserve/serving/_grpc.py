@@ -1,0 +1,435 @@
+"""The gRPC front end: TensorFlow Serving's PredictionService and ModelService, and grpc.health.v1.
+
+Strategy: a thin shell over :class:`~teeserve.serving._api.ServingCoreAPI`. Each handler parses the
+request bytes with the vendored protos (``teeserve._proto``, wire-identical to the official stubs),
+turns them into domain types (``ModelRef`` + numpy arrays), awaits the core, and writes the response.
+The services are registered as generic handlers on a ``grpc.aio`` server, so the front end, the core
+(whose inference runs in worker threads) and the REST server share one event loop.
+
+Requests arrive as raw bytes and are parsed here rather than by gRPC's deserializer, so that a
+malformed protobuf is INVALID_ARGUMENT (as in TensorFlow Serving) and not gRPC's own INTERNAL
+"Exception deserializing request". Errors map in one place (:meth:`GrpcFrontEnd._call`):
+
+- :class:`ServingError` → its code and message;
+- a protobuf that does not parse → INVALID_ARGUMENT;
+- anything else is a bug → INTERNAL "internal error" to the client, the traceback to the log only.
+
+Health (grpc.health.v1): the services ``""``, ``tensorflow.serving.PredictionService`` and
+``tensorflow.serving.ModelService`` (and TF Serving's short names ``PredictionService`` and
+``ModelService``) are SERVING only while the server is ready (keys in, every
+configured model has an available version) and NOT_SERVING before and while draining: that is the
+readiness signal. The service ``liveness`` is SERVING from start until shutdown, whatever the models
+are doing: that is the liveness signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from .._proto import message_class, pb
+from ._metrics import METRICS, UNKNOWN_MODEL, Metrics
+from ._tensors import DT, ndarray_to_tensor_proto, tensor_proto_to_ndarray, tf_dtype
+from ._types import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    REGRESS_METHOD,
+    Code,
+    ModelRef,
+    ServingError,
+    Signature,
+    TensorSpec,
+)
+
+__all__ = [
+    "GrpcFrontEnd",
+    "encode_output",
+    "HEALTH_SERVICES",
+    "LIVENESS_SERVICE",
+    "MAX_MESSAGE_LENGTH",
+    "STATUS_CODES",
+    "server_options",
+]
+
+log = logging.getLogger("teeserve.serving.grpc")
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+#: Health-service names that report readiness ("" is the whole server). The short names are the ones
+#: TensorFlow Serving's --enable_grpc_healthcheck_service marks (tf-serving-api.md §1.2), for its probes.
+HEALTH_SERVICES: tuple[str, ...] = ("", PREDICTION_SERVICE, MODEL_SERVICE, "PredictionService", "ModelService")
+#: Health-service name that reports liveness only.
+LIVENESS_SERVICE = "liveness"
+
+#: TensorFlow Serving's ``SetMaxMessageSize(INT32_MAX)``.
+MAX_MESSAGE_LENGTH = 2**31 - 1
+
+#: Canonical code → grpc.StatusCode (the numbers are the same; this is the one mapping table).
+STATUS_CODES: dict[Code, grpc.StatusCode] = {
+    Code(sc.value[0]): sc for sc in grpc.StatusCode  # type: ignore[misc]
+}
+
+_INTERNAL_MESSAGE = "internal error (the server log has the details)"
+_SIGNATURE_DEF_MAP = "tensorflow.serving.SignatureDefMap"
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
+def server_options(extra: tuple[tuple[str, Any], ...] = ()) -> list[tuple[str, Any]]:
+    """gRPC server arguments: TF Serving's message-size limits, then ``--grpc_channel_arguments``."""
+    opts: dict[str, Any] = {
+        "grpc.max_receive_message_length": MAX_MESSAGE_LENGTH,
+        "grpc.max_send_message_length": MAX_MESSAGE_LENGTH,
+        # One listener per port: another process must not share our port by accident.
+        "grpc.so_reuseport": 0,
+    }
+    opts.update(dict(extra))
+    return list(opts.items())
+
+
+def _model_ref(spec: Any) -> ModelRef:
+    """ModelSpec → ModelRef (version and label are a oneof; an empty name is TF's INVALID_ARGUMENT)."""
+    if not spec.name:
+        raise ServingError(Code.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    which = spec.WhichOneof("version_choice")
+    if which == "version":
+        return ModelRef(spec.name, version=int(spec.version.value))
+    if which == "version_label":
+        return ModelRef(spec.name, label=spec.version_label)
+    return ModelRef(spec.name)
+
+
+def _set_spec(spec: Any, name: str, version: int, signature_name: str | None) -> None:
+    spec.name = name
+    spec.version.value = version
+    if signature_name is not None:
+        spec.signature_name = signature_name
+
+
+def _tensor_info(info: Any, ts: TensorSpec) -> None:
+    info.name = ts.name
+    info.dtype = ts.dtype
+    if ts.shape is None:
+        info.tensor_shape.unknown_rank = True
+    else:
+        for d in ts.shape:
+            info.tensor_shape.dim.add(size=int(d))
+
+
+def signature_def_map(signatures: Mapping[str, Signature]) -> Any:
+    """Domain signatures → ``tensorflow.serving.SignatureDefMap`` (what GetModelMetadata packs)."""
+    sdm = pb.SignatureDefMap()
+    for key, sig in signatures.items():
+        sd = sdm.signature_def[key]
+        sd.method_name = sig.method_name
+        for alias, ts in sig.inputs.items():
+            _tensor_info(sd.inputs[alias], ts)
+        for alias, ts in sig.outputs.items():
+            _tensor_info(sd.outputs[alias], ts)
+    return sdm
+
+
+# Which typed field TensorFlow's Tensor::AsProtoField fills for each dtype (tensor.proto).
+_TYPED_FIELD = {
+    DT.FLOAT: "float_val", DT.DOUBLE: "double_val", DT.INT32: "int_val", DT.UINT8: "int_val",
+    DT.INT16: "int_val", DT.INT8: "int_val", DT.UINT16: "int_val", DT.INT64: "int64_val",
+    DT.BOOL: "bool_val", DT.UINT32: "uint32_val", DT.UINT64: "uint64_val",
+}
+
+
+def encode_output(out: Any, array: Any, *, tensor_content: bool) -> None:
+    """Fill the response TensorProto ``out`` from ``array`` as TensorFlow Serving does.
+
+    TF Serving's default (``--enable_serialization_as_tensor_content=false``) is ``AsProtoField``: the
+    values in the typed ``*_val`` field, which clients that read ``outputs[...].float_val`` rely on;
+    with the flag, ``AsProtoTensorContent``: raw bytes in ``tensor_content`` (faster for big outputs).
+    Strings always go in ``string_val``. Both decode the same with ``tf.make_ndarray``.
+    """
+    import numpy as np
+
+    a = np.asarray(array)
+    dt = tf_dtype(a.dtype)
+    field = _TYPED_FIELD.get(dt)
+    if tensor_content or field is None:  # strings, half and complex: the shared encoder
+        out.CopyFrom(ndarray_to_tensor_proto(a))
+        return
+    out.dtype = dt
+    dims = out.tensor_shape.dim
+    for d in a.shape:
+        dims.add(size=int(d))
+    getattr(out, field).extend(a.ravel().tolist())
+
+
+Handler = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+class GrpcFrontEnd:
+    """TensorFlow Serving's gRPC services over a serving core.
+
+    ``reload_config``: what ``HandleReloadConfigRequest`` calls with the ``ModelServerConfig``
+    (default: ``core.reload_config``, sync or async). ``max_concurrent``: ``--grpc_max_threads``, the
+    most inference calls in progress at once (more wait in line, as on TensorFlow Serving's thread
+    pool). ``tensor_content``: ``--enable_serialization_as_tensor_content`` (see :func:`encode_output`).
+    Health starts NOT_SERVING; :meth:`set_ready` and :meth:`enter_drain` change it.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        reload_config: Callable[[Any], Any] | None = None,
+        max_concurrent: int | None = None,
+        tensor_content: bool = False,
+        metrics: Metrics | None = METRICS,
+    ) -> None:
+        from grpc_health.v1 import health
+
+        self.core = core
+        self._reload = reload_config if reload_config is not None else getattr(core, "reload_config", None)
+        self._limit = asyncio.Semaphore(max_concurrent) if max_concurrent else None
+        self._metrics = metrics
+        self._tensor_content = tensor_content
+        self._known_models: set[str] = set()
+        self.health = health.aio.HealthServicer()
+        self._ready = False
+        self._draining = False
+
+    # --- registration --------------------------------------------------------------------------
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        from grpc_health.v1 import health_pb2_grpc
+
+        methods: dict[str, dict[str, Handler]] = {
+            PREDICTION_SERVICE: {
+                "Predict": self.predict,
+                "GetModelMetadata": self.get_model_metadata,
+                "Classify": self.classify,
+                "Regress": self.regress,
+                "MultiInference": self.multi_inference,
+            },
+            MODEL_SERVICE: {
+                "GetModelStatus": self.get_model_status,
+                "HandleReloadConfigRequest": self.handle_reload_config_request,
+            },
+        }
+        from .._proto import SERVICES
+
+        handlers = []
+        for service, table in methods.items():
+            if set(table) != set(SERVICES[service]):  # the vendored protos and this table must agree
+                raise RuntimeError(f"{service}: handlers {sorted(table)} != methods {sorted(SERVICES[service])}")
+            rpc = {
+                method: grpc.unary_unary_rpc_method_handler(
+                    self._wrap(service, method, SERVICES[service][method][0], fn),
+                    request_deserializer=None,  # raw bytes: parsed in _wrap (malformed → INVALID_ARGUMENT)
+                    response_serializer=_serialize,
+                )
+                for method, fn in table.items()
+            }
+            handlers.append(grpc.method_handlers_generic_handler(service, rpc))
+        server.add_generic_rpc_handlers(tuple(handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+
+    async def init_health(self) -> None:
+        """Liveness SERVING, readiness NOT_SERVING (call before the server starts accepting)."""
+        from grpc_health.v1 import health_pb2
+
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def set_ready(self, ready: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        if self._draining or ready == self._ready:
+            return
+        self._ready = ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, status)
+
+    async def enter_drain(self) -> None:
+        """Every health service NOT_SERVING, for good (load balancers stop sending new requests)."""
+        self._draining = True
+        await self.health.enter_graceful_shutdown()
+
+    # --- the error boundary --------------------------------------------------------------------
+
+    def _wrap(self, service: str, method: str, request_type: str, fn: Handler) -> Callable[..., Awaitable[Any]]:
+        request_class = message_class(request_type)
+        inference = method in ("Predict", "Classify", "Regress", "MultiInference")
+        api = method
+
+        async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            model = UNKNOWN_MODEL
+            try:
+                try:
+                    request = request_class.FromString(data)
+                except (DecodeError, RecursionError, ValueError):
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT, f"could not parse the request as a {request_type}"
+                    ) from None
+                name = _request_model_name(request)
+                if name in self._known_models:
+                    model = name
+                if inference and self._limit is not None:
+                    async with self._limit:
+                        response = await fn(request, context)
+                else:
+                    response = await fn(request, context)
+                if name:
+                    self._known_models.add(name)
+                    model = name
+                self._record(model, api, "OK", start)
+                return response
+            except ServingError as exc:
+                self._record(model, api, exc.code.name, start)
+                await context.abort(STATUS_CODES[exc.code], exc.message)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("bug in %s/%s: reported to the client as INTERNAL", service, method)
+                self._record(model, api, "INTERNAL", start)
+                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
+
+        return handler
+
+    def _record(self, model: str, api: str, status: str, start: float) -> None:
+        if self._metrics is not None:
+            self._metrics.record_request(model, api, "GRPC", status, time.perf_counter() - start)
+
+    # --- PredictionService ---------------------------------------------------------------------
+
+    async def predict(self, request: Any, context: Any) -> Any:
+        ref = _model_ref(request.model_spec)
+        inputs = {alias: tensor_proto_to_ndarray(tp, alias) for alias, tp in request.inputs.items()}
+        result = await self.core.predict(ref, request.model_spec.signature_name, inputs, list(request.output_filter))
+        response = pb.PredictResponse()
+        _set_spec(response.model_spec, result.name, result.version, result.signature_name)
+        outputs = response.outputs
+        for alias, array in result.outputs.items():
+            encode_output(outputs[alias], array, tensor_content=self._tensor_content)
+        return response
+
+    async def get_model_metadata(self, request: Any, context: Any) -> Any:
+        # Same order of checks as TensorFlow Serving's GetModelMetadataImpl.
+        if not request.HasField("model_spec"):
+            raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+        if not request.metadata_field:
+            raise ServingError(Code.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field")
+        for f in request.metadata_field:
+            if f != "signature_def":
+                raise ServingError(Code.INVALID_ARGUMENT, f"Metadata field {f} is not supported")
+        ref = _model_ref(request.model_spec)
+        name, version, signatures = self.core.signatures(ref)
+        response = pb.GetModelMetadataResponse()
+        _set_spec(response.model_spec, name, version, None)
+        packed = response.metadata["signature_def"]
+        packed.type_url = _TYPE_URL_PREFIX + _SIGNATURE_DEF_MAP
+        packed.value = signature_def_map(signatures).SerializeToString()
+        return response
+
+    async def classify(self, request: Any, context: Any) -> Any:
+        ref = _model_ref(request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        name, version, result = await self.core.classify(ref, request.model_spec.signature_name, request.input)
+        response = pb.ClassificationResponse()
+        _set_spec(response.model_spec, name, version, signature)
+        response.result.CopyFrom(result)
+        return response
+
+    async def regress(self, request: Any, context: Any) -> Any:
+        ref = _model_ref(request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        name, version, result = await self.core.regress(ref, request.model_spec.signature_name, request.input)
+        response = pb.RegressionResponse()
+        _set_spec(response.model_spec, name, version, signature)
+        response.result.CopyFrom(result)
+        return response
+
+    async def multi_inference(self, request: Any, context: Any) -> Any:
+        # TensorFlow Serving's checks (multi_inference.cc), in its order.
+        if not request.tasks:
+            raise ServingError(Code.INVALID_ARGUMENT, "MultiInferenceRequest must specify at least one task.")
+        model_name = ""
+        seen: set[str] = set()
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise ServingError(Code.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
+            if model_name and task.model_spec.name != model_name:
+                raise ServingError(
+                    Code.INVALID_ARGUMENT, "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+            model_name = task.model_spec.name
+            signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if signature in seen:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {signature}")
+            seen.add(signature)
+            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
+        multi = getattr(self.core, "multi_inference", None)
+        if multi is not None:  # the core runs every task on one resolved version
+            return await multi(request)
+        response = pb.MultiInferenceResponse()
+        for task in request.tasks:
+            ref = _model_ref(task.model_spec)
+            signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            run = self.core.classify if task.method_name == CLASSIFY_METHOD else self.core.regress
+            name, version, result = await run(ref, task.model_spec.signature_name, request.input)
+            out = response.results.add()
+            _set_spec(out.model_spec, name, version, signature)
+            if task.method_name == CLASSIFY_METHOD:
+                out.classification_result.CopyFrom(result)
+            else:
+                out.regression_result.CopyFrom(result)
+        return response
+
+    # --- ModelService --------------------------------------------------------------------------
+
+    async def get_model_status(self, request: Any, context: Any) -> Any:
+        if not request.HasField("model_spec"):
+            raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+        ref = _model_ref(request.model_spec)
+        statuses = self.core.model_status(ref.name, ref.version, ref.label)
+        response = pb.GetModelStatusResponse()
+        for st in statuses:
+            mvs = response.model_version_status.add()
+            mvs.version = st.version
+            mvs.state = int(st.state)
+            mvs.status.error_code = int(st.error_code)
+            mvs.status.error_message = st.error_message
+        return response
+
+    async def handle_reload_config_request(self, request: Any, context: Any) -> Any:
+        if self._reload is None:
+            raise ServingError(Code.UNIMPLEMENTED, "this server cannot reload its model config")
+        if not request.HasField("config"):
+            raise ServingError(Code.INVALID_ARGUMENT, "ReloadConfigRequest has no config")
+        log.info("model config reload requested over gRPC")
+        outcome = self._reload(request.config)
+        if inspect.isawaitable(outcome):
+            await outcome
+        response = pb.ReloadConfigResponse()
+        response.status.error_code = int(Code.OK)
+        return response
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _request_model_name(request: Any) -> str:
+    spec = getattr(request, "model_spec", None)
+    if spec is not None:
+        return str(spec.name)
+    tasks = getattr(request, "tasks", None)
+    if tasks:
+        return str(tasks[0].model_spec.name)
+    return ""

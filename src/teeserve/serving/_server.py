@@ -1,0 +1,429 @@
+"""``teeserve serve``: assemble keys, TLS, the serving core and the gRPC and REST front ends.
+
+Strategy: :class:`ModelServer` runs the steps in a fixed order, each one a method, so the key-broker
+work can replace the first without touching the rest:
+
+1. **obtain keys** (:meth:`ModelServer.obtain_keys`): fill the :class:`KeyRing` (today from
+   ``--wrap-key``; with attestation, from the key broker). Nothing below runs until keys are in, and
+   the server is not ready before.
+2. **TLS** (:meth:`ModelServer.load_tls`): read ``--ssl_config_file`` (a Gramine protected file is
+   decrypted in memory with the ``default`` key) into gRPC credentials and an ``ssl.SSLContext``.
+   ``client_verify: true`` means mutual TLS on both protocols. Without it: a loud plaintext warning.
+3. **core** (:meth:`ModelServer.make_core`): the serving core from the model config and the flags.
+4. **listen**: gRPC (``grpc.aio``) and REST on one event loop; health NOT_SERVING, liveness SERVING.
+5. **load**: the core loads the models (in worker threads) and, with ``--model_config_file`` and
+   ``--model_config_file_poll_wait_seconds``, re-reads the config file; a watcher flips gRPC health
+   to SERVING when ``core.is_ready()``. The REST readiness URL asks the core directly.
+6. **serve** until SIGTERM or SIGINT, then **drain**: health NOT_SERVING, stop accepting, give
+   in-flight requests ``--drain-timeout`` seconds, close the core, exit 0. A second signal during
+   the drain ends it at once (exit 1).
+
+Logs go to stderr as text or JSON lines (``--log-format json``), one event per line, with the event's
+fields (ports, model names, durations), never key material or request contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import TeeserveError, UsageError
+from ._flags import ServerOptions
+
+__all__ = ["ModelServer", "ServeError", "TlsSetup", "configure_logging", "run", "serve"]
+
+log = logging.getLogger("teeserve.serving.server")
+
+
+class ServeError(TeeserveError):
+    """The server could not start (a port in use, unreadable files, no key for an encrypted file)."""
+
+
+# --- logging --------------------------------------------------------------------------------------
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus any ``extra={...}`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+        if extras:
+            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return text
+
+
+def configure_logging(fmt: str = "text", level: str = "info", stream: Any = None) -> None:
+    """Route the ``teeserve`` loggers (and gRPC's Python logger) to ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    for name in ("teeserve", "grpc"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("teeserve").setLevel(level.upper())
+    logging.getLogger("grpc").setLevel("WARNING")
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsSetup:
+    """What ``--ssl_config_file`` gives each front end (both ``None`` = plaintext)."""
+
+    grpc_credentials: Any = None
+    ssl_context: Any = None
+    mutual: bool = False
+    protected: bool = False
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+class ModelServer:
+    """One ``teeserve serve`` process (see the module docstring for the steps)."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        from ._secrets import KeyRing
+
+        self.options = options
+        self.keyring = KeyRing()
+        self.core: Any = None
+        self.grpc_front: Any = None
+        self.grpc_server: Any = None
+        self.rest_server: Any = None
+        self.tls = TlsSetup()
+        self.grpc_port = 0
+        self.rest_port = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._signals = 0
+        #: Why the server stopped on its own (initial model loading failed), if it did.
+        self.failure: BaseException | None = None
+        self._loaded = False
+        #: The drain ran out of time with inference still running in worker threads.
+        self.forced = False
+
+    # 1. keys ------------------------------------------------------------------------------------
+
+    async def obtain_keys(self) -> None:
+        """Fill the key ring. Today: ``--wrap-key`` as the ``default`` key. The attestation options
+        (``--tee``/``--key-broker``) will obtain keys here, before anything is decrypted."""
+        if self.options.wrap_key_file:
+            try:
+                self.keyring.load_key_file(self.options.wrap_key_file)
+            except OSError as exc:
+                raise ServeError(f"--wrap-key {self.options.wrap_key_file}: {exc.strerror or exc}") from None
+            log.info("wrap key loaded", extra={"key_name": "default", "source": "file"})
+
+    # 2. TLS -------------------------------------------------------------------------------------
+
+    def load_tls(self) -> TlsSetup:
+        path = self.options.ssl_config_file
+        if not path:
+            log.warning(
+                "NO TLS: --ssl_config_file is not set, so gRPC and REST traffic (model inputs and outputs) "
+                "travels in PLAINTEXT; anyone on the network path can read it. Use ssl.cfg for anything but "
+                "a local test.",
+                extra={"tls": "off"},
+            )
+            return TlsSetup()
+        from .. import tlsmaterial
+        from ._secrets import FileReadError
+
+        try:
+            data, protected = self.keyring.read_maybe_protected(path, path_map=self.options.path_map)
+        except FileReadError as exc:
+            raise ServeError(f"--ssl_config_file: {exc}") from None
+        except OSError as exc:
+            raise ServeError(f"--ssl_config_file {path}: {exc.strerror or exc}") from None
+        cfg = tlsmaterial.parse_ssl_config(data, path)
+        if not protected:
+            log.warning(
+                "ssl.cfg is a plaintext file: the TLS private key is readable by the host; deploy it "
+                "encrypted ('teeserve encrypt') in a TEE",
+                extra={"ssl_config_file": path},
+            )
+        setup = TlsSetup(
+            grpc_credentials=tlsmaterial.grpc_server_credentials(cfg),
+            ssl_context=tlsmaterial.server_ssl_context(cfg, source=path),
+            mutual=cfg.client_verify,
+            protected=protected,
+        )
+        log.info(
+            "TLS on gRPC and REST", extra={"tls": "mutual" if cfg.client_verify else "server-only",
+                                           "ssl_config_encrypted": protected},
+        )
+        return setup
+
+    # 3. core ------------------------------------------------------------------------------------
+
+    def make_core(self) -> Any:
+        """The serving core from the flags (the core reads tensorflow_model_server's flag names)."""
+        import dataclasses
+
+        from ._core import ServingCore
+
+        o = self.options
+        if o.model_config_file:
+            # The config file replaces --model_name/--model_base_path (TF Serving's rule).
+            o = dataclasses.replace(o, model_name="", model_base_path="")
+        elif o.batching_parameters_file and not o.enable_batching:
+            log.warning("--batching_parameters_file is ignored without --enable_batching=true")
+        return ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map,
+                                      require_encrypted_models=o.require_encrypted)
+
+    # 4. listen ----------------------------------------------------------------------------------
+
+    async def start_grpc(self) -> None:
+        import grpc
+
+        from ._grpc import GrpcFrontEnd, server_options
+
+        o = self.options
+        if not o.port and not o.grpc_socket_path:
+            return
+        self.grpc_front = GrpcFrontEnd(self.core, max_concurrent=o.grpc_max_threads,
+                                       tensor_content=o.enable_serialization_as_tensor_content)
+        server = grpc.aio.server(options=server_options(o.grpc_channel_arguments))
+        self.grpc_front.add_to_server(server)
+        addresses = []
+        if o.port:
+            host = f"[{o.host}]" if ":" in o.host else o.host
+            addresses.append(f"{host}:{o.port}")
+        if o.grpc_socket_path:
+            addresses.append(f"unix:{o.grpc_socket_path}")
+        for address in addresses:
+            try:
+                if self.tls.grpc_credentials is not None:
+                    bound = server.add_secure_port(address, self.tls.grpc_credentials)
+                else:
+                    bound = server.add_insecure_port(address)
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise ServeError(f"cannot listen for gRPC on {address} (in use, or not allowed)")
+            if not address.startswith("unix:"):
+                self.grpc_port = bound
+        await self.grpc_front.init_health()
+        await server.start()
+        self.grpc_server = server
+        log.info(
+            "gRPC API listening",
+            extra={"addresses": ",".join(addresses), "tls": self._tls_name()},
+        )
+
+    async def start_rest(self) -> None:
+        o = self.options
+        if not o.rest_api_port:
+            if o.monitoring_config_file:
+                log.warning("--monitoring_config_file needs --rest_api_port: metrics are not served")
+            return
+        from .rest import start_rest_server
+
+        try:
+            self.rest_server = await start_rest_server(
+                self.core,
+                o.host,
+                o.rest_api_port,
+                ssl_context=self.tls.ssl_context,
+                timeout_ms=o.rest_api_timeout_in_ms,
+                num_threads=o.rest_api_num_threads,
+                monitoring_path=self.monitoring_path(),
+                enable_cors=o.rest_api_enable_cors_support,
+            )
+        except OSError as exc:
+            raise ServeError(f"cannot listen for REST on {o.host}:{o.rest_api_port}: {exc.strerror or exc}") from None
+        self.rest_port = self.rest_server.port
+
+    def monitoring_path(self) -> str | None:
+        """The Prometheus path from ``--monitoring_config_file`` (None = metrics not served)."""
+        path = self.options.monitoring_config_file
+        if not path:
+            return None
+        from google.protobuf import text_format
+
+        from .._proto import pb
+
+        try:
+            data, _ = self.keyring.read_maybe_protected(path, path_map=self.options.path_map)
+            msg = text_format.Parse(data.decode("utf-8"), pb.MonitoringConfig())
+        except (OSError, TeeserveError) as exc:
+            raise ServeError(f"--monitoring_config_file: {exc}") from None
+        except (text_format.ParseError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--monitoring_config_file {path}: not a text-format MonitoringConfig: {exc}") from None
+        prom = msg.prometheus_config
+        if not prom.enable:
+            return None
+        mpath = prom.path or "/monitoring/prometheus/metrics"
+        if not mpath.startswith("/"):
+            raise UsageError(f"--monitoring_config_file {path}: prometheus_config.path must start with '/'")
+        return mpath
+
+    def _tls_name(self) -> str:
+        if self.tls.grpc_credentials is None:
+            return "plaintext"
+        return "mutual" if self.tls.mutual else "server-only"
+
+    # 5. run -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Steps 1-4, then model loading in the background. Raises ServeError/UsageError on bad setup."""
+        o = self.options
+        t0 = time.perf_counter()
+        for name in o.accepted_only:
+            log.info("flag accepted without effect", extra={"flag": f"--{name}"})
+        await self.obtain_keys()
+        self.tls = self.load_tls()
+        self.core = self.make_core()
+        await self.start_grpc()
+        await self.start_rest()
+        self._tasks.append(asyncio.create_task(self._load_models(t0), name="teeserve-load"))
+        self._tasks.append(asyncio.create_task(self._watch_readiness(), name="teeserve-readiness"))
+
+    async def _load_models(self, t0: float) -> None:
+        try:
+            await self.core.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("model loading failed: %s", exc, exc_info=not isinstance(exc, TeeserveError))
+            self.failure = exc
+            self.request_stop()
+            return
+        self._loaded = True
+        log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 3)})
+
+    async def _watch_readiness(self) -> None:
+        ready = False
+        while True:
+            try:
+                # Not ready before the initial load has finished, whatever the core says.
+                now = self._loaded and bool(self.core.is_ready())
+            except Exception:
+                log.exception("core.is_ready() failed")
+                now = False
+            if now != ready:
+                ready = now
+                if self.grpc_front is not None:
+                    await self.grpc_front.set_ready(ready)
+                log.info("ready" if ready else "not ready", extra={"ready": ready})
+            await asyncio.sleep(0.1 if not ready else 0.5)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("%s received: draining (up to %gs for in-flight requests)", name, self.options.drain_timeout,
+                     extra={"signal": name})
+            self._stop.set()
+        else:
+            log.warning("%s received again: stopping now", name, extra={"signal": name})
+            os._exit(1)
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish within ``--drain-timeout``, close the core.
+
+        Sets :attr:`forced` when work was still running at the deadline (the caller then exits
+        without waiting for inference threads that cannot be interrupted)."""
+        grace = self.options.drain_timeout
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if self.grpc_front is not None:
+            await self.grpc_front.enter_drain()
+        if self.rest_server is not None:
+            self.rest_server.handler.draining = True
+        for task in self._tasks:
+            task.cancel()
+        closing = []
+        if self.grpc_server is not None:
+            closing.append(self.grpc_server.stop(grace))
+        if self.rest_server is not None:
+            closing.append(self.rest_server.close(grace))
+        await asyncio.gather(*closing, return_exceptions=True)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.core is not None:
+            remaining = max(t0 + grace - loop.time(), 0.0) + 1.0
+            try:
+                await asyncio.wait_for(self.core.stop(), timeout=remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                self.forced = True
+                log.warning("in-flight work did not finish within --drain-timeout; exiting without it",
+                            extra={"drain_timeout": grace})
+            except Exception:
+                log.exception("stopping the serving core failed")
+        log.info("stopped", extra={"drain_seconds": round(loop.time() - t0, 3)})
+
+
+async def serve(options: ServerOptions) -> int:
+    """Run a server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+    server = ModelServer(options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.on_signal, sig)
+    try:
+        try:
+            await server.start()
+        except BaseException:
+            await server.drain()
+            raise
+        await server.wait()
+        await server.drain()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if server.forced:
+        # Inference threads cannot be interrupted, and the interpreter would wait for them at exit:
+        # the drain deadline is a promise to the orchestrator, so leave now.
+        logging.shutdown()
+        os._exit(0 if server.failure is None else 1)
+    if server.failure is not None:
+        if isinstance(server.failure, TeeserveError):
+            raise server.failure
+        raise ServeError(f"model loading failed: {type(server.failure).__name__}") from None
+    return 0
+
+
+def run(options: ServerOptions) -> int:
+    """The ``teeserve serve`` entry point: logging, then :func:`serve` on a fresh event loop."""
+    configure_logging(options.log_format, options.log_level)
+    return asyncio.run(serve(options))
