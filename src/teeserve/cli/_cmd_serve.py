@@ -30,6 +30,8 @@ examples:
   teeserve serve --model_name=digits --model_base_path=models/digits --rest_api_port=8501 --host 127.0.0.1
   teeserve serve --model_config_file=models.config --model_config_file_poll_wait_seconds=30 \\
       --ssl_config_file=ssl.cfg --wrap-key wrap_key --log-format json
+  teeserve serve --model_name=digits --model_base_path=models/digits --ssl_config_file=ssl.cfg \\
+      --tee sim --sim-key sim/sim_attest_key.pem --key-broker broker.example:4433 --key-broker-ca ca.pem
 """
 
 
@@ -53,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     from ..serving._flags import options_from_args
     from ..serving._server import run as run_server
 
-    return run_server(options_from_args(args))
+    return run_server(options_from_args(args), print_measurement=bool(getattr(args, "print_measurement", False)))

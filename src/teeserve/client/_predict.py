@@ -119,13 +119,16 @@ def _cast_for(sig_dtype: int | None, arr: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- signature (metadata)
 
-def _raise_rpc(exc: grpc.RpcError, target: Target) -> None:
+def _raise_rpc(exc: grpc.RpcError, target: Target, tls: TlsOptions | None = None) -> None:
     code = exc.code()
     details = exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and ("handshake" in details.lower() or "ssl" in details.lower()
-                                                or "certificate" in details.lower()):
-        raise ClientError(f"{target.address}: TLS handshake refused or failed ({details}); "
-                          "check --ca, --crt/--key and --server-name") from exc
+    if code == grpc.StatusCode.UNAVAILABLE:
+        hint = "is the server running and the address right?"
+        if tls is not None and tls.enabled:
+            hint = ("the TLS handshake may have been refused: check --ca, --crt/--key (mutual TLS) and "
+                    "--server-name")
+        raise ClientError(f"{target.address}: cannot reach the server or complete the connection ({details}); "
+                          f"{hint}") from exc
     raise ClientError(f"{target.address}: {code.name}: {details}") from exc
 
 
@@ -154,7 +157,7 @@ def get_signature(target: Target, tls: TlsOptions) -> dict[str, tuple[int, tuple
         try:
             resp = Stub(channel).GetModelMetadata(req, timeout=target.timeout)
         except grpc.RpcError as exc:
-            _raise_rpc(exc, target)
+            _raise_rpc(exc, target, tls)
     sdm = pb.SignatureDefMap()
     resp.metadata["signature_def"].Unpack(sdm)
     key = target.signature or "serving_default"
@@ -203,7 +206,7 @@ def predict(target: Target, tls: TlsOptions, inputs: Mapping[str, np.ndarray],
         try:
             resp = Stub(channel).Predict(req, timeout=target.timeout)
         except grpc.RpcError as exc:
-            _raise_rpc(exc, target)
+            _raise_rpc(exc, target, tls)
     version = resp.model_spec.version.value if resp.model_spec.HasField("version") else None
     return PredictOutcome(resp.model_spec.name, version,
                           {k: tensor_proto_to_ndarray(t) for k, t in resp.outputs.items()})

@@ -118,6 +118,7 @@ class ServingCore:
                                              on_batch=self._record_batch)
         self._reload_lock: asyncio.Lock | None = None
         self._started = False
+        self._initial_loaded = False
         self._config_file = config_file
         self._config_poll = config_file_poll_wait_seconds
         self._config_task: asyncio.Task[None] | None = None
@@ -189,6 +190,8 @@ class ServingCore:
         self._reload_lock = asyncio.Lock()
         self._started = True
         await self._apply(self._initial)
+        # Ready only after the first load has run: until then the model table may still be empty.
+        self._initial_loaded = True
         if self._config_file and self._config_poll > 0:
             self._config_task = asyncio.get_running_loop().create_task(self._poll_config_file())
 
@@ -205,7 +208,8 @@ class ServingCore:
         await loop.run_in_executor(None, self._load_executor.shutdown)
 
     def is_ready(self) -> bool:
-        return self._started and all(m.available() for m in self._models.values())
+        return (self._started and self._initial_loaded and bool(self._models)
+                and all(m.available() for m in self._models.values()))
 
     def model_names(self) -> list[str]:
         return sorted(self._models)

@@ -213,12 +213,35 @@ class ServerOptions:
     drain_timeout: float = 20.0
     log_format: str = "text"
     log_level: str = "info"
+    # Attestation: obtain the keys from a key broker before anything is decrypted.
+    tee: str = "auto"
+    key_broker: str = ""
+    key_broker_ca: str = ""
+    secrets: tuple[str, ...] = ()
+    sim_key: str = ""
+    key_broker_timeout: float = 300.0
     #: TF flags given on the command line that teeserve accepts but that have no effect here.
     accepted_only: tuple[str, ...] = field(default=())
 
     @property
     def plaintext(self) -> bool:
         return not self.ssl_config_file
+
+    def measured_config(self) -> bytes:
+        """The configuration bytes the simulated TEE measures together with the code.
+
+        Everything that decides what this server does is included (as Gramine measures the manifest,
+        with its command line and environment), so the same command line gives the same measurement
+        and ``teeserve serve ... --print-measurement`` tells the policy author what to pin. Only the
+        log settings are left out: they change no behaviour that matters to the model owner.
+        """
+        import json
+        from dataclasses import asdict
+
+        d = asdict(self)
+        for volatile in ("log_format", "log_level", "accepted_only", "key_broker_timeout"):
+            d.pop(volatile, None)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -270,6 +293,32 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT, stop accepting requests and give in-flight ones this long to finish "
         "before exiting (default: 20, inside Kubernetes' default 30 s grace period)",
     )
+    att = p.add_argument_group(
+        "attestation",
+        "Obtain the wrap key(s) from a teeserve key broker (or Gramine's secret-provisioning server) by "
+        "remote attestation before anything is decrypted. Without --key-broker, Gramine's variables "
+        "SECRET_PROVISION_SERVERS and SECRET_PROVISION_CA_CHAIN_PATH are used when set.",
+    )
+    att.add_argument(
+        "--tee", choices=("auto", "gramine", "tdx", "sim"), default="auto",
+        help="evidence provider: gramine (/dev/attestation), tdx (configfs-tsm, also SEV-SNP), sim (the "
+        "simulated TEE, accepted only by policies that allow simulation); auto picks gramine or tdx when "
+        "their interface exists, else sim (default: auto)",
+    )
+    att.add_argument("--key-broker", default="", metavar="HOST:PORT[,HOST:PORT...]",
+                     help="the key broker(s) to attest to, tried in order")
+    att.add_argument("--key-broker-ca", default="", metavar="FILE",
+                     help="CA certificate the broker's certificate must chain to (its host name is checked)")
+    att.add_argument("--secret", dest="secrets", action="append", default=[], metavar="NAME",
+                     help="secret to obtain, installed as the wrap key of that name; repeatable "
+                     "(default: default)")
+    att.add_argument("--sim-key", default="", metavar="FILE",
+                     help="with --tee sim: the simulation signing key made by 'teeserve sim init'")
+    att.add_argument("--key-broker-timeout", type=_float, default=300.0, metavar="SECONDS",
+                     help="keep retrying an unreachable broker this long before giving up (default: 300)")
+    att.add_argument("--print-measurement", action="store_true",
+                     help="print the measurement this server would attest with (with --tee sim: over the "
+                     "installed code and this command line) and exit; pin it in the broker's policy")
     own.add_argument(
         "--log-format", choices=("text", "json"), default="text",
         help="log lines as text or as JSON objects, one per line (default: text)",
@@ -344,8 +393,23 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
     drain = float(ns.drain_timeout)
     if not 0 <= drain <= 3600:
         raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain:g}")
+    key_broker = getattr(ns, "key_broker", "") or ""
+    key_broker_ca = getattr(ns, "key_broker_ca", "") or ""
+    if key_broker and not key_broker_ca:
+        raise UsageError("--key-broker needs --key-broker-ca (the CA of the broker's certificate)")
+    if key_broker_ca and not key_broker:
+        raise UsageError("--key-broker-ca is given but --key-broker is not")
+    timeout = float(getattr(ns, "key_broker_timeout", 300.0))
+    if timeout <= 0:
+        raise UsageError(f"--key-broker-timeout must be positive, got {timeout:g}")
     return ServerOptions(
         host=ns.host,
+        tee=getattr(ns, "tee", "auto"),
+        key_broker=key_broker,
+        key_broker_ca=key_broker_ca,
+        secrets=tuple(getattr(ns, "secrets", None) or ()),
+        sim_key=getattr(ns, "sim_key", "") or "",
+        key_broker_timeout=timeout,
         wrap_key_file=ns.wrap_key_file or "",
         path_map=tuple(path_map),
         require_encrypted=bool(getattr(ns, "require_encrypted", False)),

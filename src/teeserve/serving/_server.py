@@ -3,8 +3,8 @@
 Strategy: :class:`ModelServer` runs the steps in a fixed order, each one a method, so the key-broker
 work can replace the first without touching the rest:
 
-1. **obtain keys** (:meth:`ModelServer.obtain_keys`): fill the :class:`KeyRing` (today from
-   ``--wrap-key``; with attestation, from the key broker). Nothing below runs until keys are in, and
+1. **obtain keys** (:meth:`ModelServer.obtain_keys`): fill the :class:`KeyRing` from ``--wrap-key``
+   and/or, by remote attestation, from the key broker (``--tee``, ``--key-broker``). Nothing below runs until keys are in, and
    the server is not ready before.
 2. **TLS** (:meth:`ModelServer.load_tls`): read ``--ssl_config_file`` (a Gramine protected file is
    decrypted in memory with the ``default`` key) into gRPC credentials and an ``ssl.SSLContext``.
@@ -39,7 +39,7 @@ from typing import Any
 from .._errors import TeeserveError, UsageError
 from ._flags import ServerOptions
 
-__all__ = ["ModelServer", "ServeError", "TlsSetup", "configure_logging", "run", "serve"]
+__all__ = ["ModelServer", "ServeError", "TlsSetup", "configure_logging", "measurement", "resolve_tee", "run", "serve"]
 
 log = logging.getLogger("teeserve.serving.server")
 
@@ -138,14 +138,54 @@ class ModelServer:
     # 1. keys ------------------------------------------------------------------------------------
 
     async def obtain_keys(self) -> None:
-        """Fill the key ring. Today: ``--wrap-key`` as the ``default`` key. The attestation options
-        (``--tee``/``--key-broker``) will obtain keys here, before anything is decrypted."""
+        """Fill the key ring before anything is decrypted: ``--wrap-key`` (a key file), and/or the
+        key broker by remote attestation (``--key-broker``, or Gramine's ``SECRET_PROVISION_*``
+        variables). While the broker is unreachable the attempt is retried with backoff until
+        ``--key-broker-timeout``; a denial is final and stops the server (non-zero exit)."""
         if self.options.wrap_key_file:
             try:
                 self.keyring.load_key_file(self.options.wrap_key_file)
             except OSError as exc:
                 raise ServeError(f"--wrap-key {self.options.wrap_key_file}: {exc.strerror or exc}") from None
             log.info("wrap key loaded", extra={"key_name": "default", "source": "file"})
+        if self.options.key_broker or os.environ.get("SECRET_PROVISION_SERVERS"):
+            await self._obtain_from_broker()
+
+    async def _obtain_from_broker(self) -> None:
+        from ..broker import BrokerUnreachable, KeyReleaseDenied, obtain_from_env, obtain_secrets
+        from ..provision import decode_secret
+
+        opts = self.options
+        tee = resolve_tee(opts.tee)
+        common: dict[str, Any] = dict(
+            tee=tee, sim_key=opts.sim_key or None, config=opts.measured_config(),
+            deadline=opts.key_broker_timeout,
+        )
+        if tee == "sim":
+            if not opts.sim_key:
+                raise ServeError("--tee sim needs --sim-key (the simulation key made by 'teeserve sim init')")
+            log.warning("SIMULATED TEE: this server's attestation is simulated; it protects nothing from "
+                        "the host and is accepted only by a broker policy that allows simulation")
+        names = list(opts.secrets) or ["default"]
+        where = opts.key_broker or os.environ.get("SECRET_PROVISION_SERVERS", "")
+        log.info("obtaining keys by attestation", extra={"tee": tee, "broker": where, "secrets": names})
+        t0 = time.monotonic()
+        try:
+            if opts.key_broker:
+                got = await obtain_secrets(broker=opts.key_broker, broker_ca=opts.key_broker_ca, secrets=names,
+                                           **common)
+            else:
+                got = await obtain_from_env(secrets=names, **common)
+        except KeyReleaseDenied as exc:
+            raise ServeError(f"the key broker {where} denied the key release ({exc}); "
+                             "see the broker's audit log for the reason") from None
+        except BrokerUnreachable as exc:
+            raise ServeError(str(exc)) from None
+        for name, secret in got.items():
+            key = secret if len(secret) == 16 else decode_secret(secret, "hex")
+            self.keyring.set(name, key)
+        log.info("keys obtained by attestation", extra={"secrets": sorted(got), "tee": tee,
+                                                         "seconds": round(time.monotonic() - t0, 3)})
 
     # 2. TLS -------------------------------------------------------------------------------------
 
@@ -423,7 +463,34 @@ async def serve(options: ServerOptions) -> int:
     return 0
 
 
-def run(options: ServerOptions) -> int:
+def resolve_tee(tee: str) -> str:
+    """``auto`` -> gramine when ``/dev/attestation/quote`` exists, tdx when configfs-tsm does, else sim."""
+    if tee != "auto":
+        return tee
+    if os.path.exists("/dev/attestation/quote"):
+        return "gramine"
+    if os.path.isdir("/sys/kernel/config/tsm/report"):
+        return "tdx"
+    return "sim"
+
+
+def measurement(options: ServerOptions) -> tuple[str, str]:
+    """(TEE kind, hex measurement) this server attests with; only the simulated TEE can compute it
+    here — under Gramine or TDX it is fixed by the enclave build (MRENCLAVE) or the TD (MRTD/RTMRs)."""
+    tee = resolve_tee(options.tee)
+    if tee != "sim":
+        raise UsageError(f"--print-measurement: with --tee {tee} the measurement is the platform's "
+                         "(gramine-sgx-sigstruct-view prints MRENCLAVE; a TD reports MRTD/RTMRs)")
+    from ..attest import sim
+
+    return tee, sim.code_measurement(options.measured_config()).hex()
+
+
+def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
     """The ``teeserve serve`` entry point: logging, then :func:`serve` on a fresh event loop."""
+    if print_measurement:
+        _, value = measurement(options)
+        print(value)
+        return 0
     configure_logging(options.log_format, options.log_level)
     return asyncio.run(serve(options))
