@@ -11,7 +11,7 @@ from typing import Any
 
 from .._errors import UsageError
 
-ORDER = 60
+ORDER = 45
 
 _DESCRIPTION = """\
 Operator tools for SGX/TDX DCAP quotes and SIMULATED quotes. QUOTE may be a binary quote, a hex text

@@ -6,7 +6,7 @@ import argparse
 
 from .._errors import UsageError
 
-ORDER = 40
+ORDER = 30
 
 _DESCRIPTION = """\
 Make the TLS material for serving: a CA, a server certificate and (two-way TLS, the default) a client

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-ORDER = 60
+ORDER = 70
 
 
 def _tls_args(p: argparse.ArgumentParser, single_dash: bool = False) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from .._errors import UsageError
 
-ORDER = 64
+ORDER = 65
 
 _DESCRIPTION = """\
 Run teeserve serve inside a Gramine SGX enclave.

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._errors import UsageError
 
-ORDER = 50
+ORDER = 35
 
 _MODEL_HELP = """\
 Make the demo models and convert models for the two serving backends. Models are written in

@@ -6,7 +6,7 @@ import argparse
 
 from .._errors import UsageError
 
-ORDER = 62
+ORDER = 40
 
 _DESCRIPTION = """\
 The simulated TEE lets the whole flow run without SGX/TDX hardware. Its quotes are SGX-shaped, signed
