@@ -1,0 +1,259 @@
+"""Prometheus metrics: TensorFlow Serving's names plus teeserve's own latency histograms.
+
+Strategy: one :class:`Metrics` object owns a private ``CollectorRegistry`` (tests make several; the
+server makes one, :data:`METRICS`, that the core and both front ends record into). Rendering uses
+prometheus-client's own text exposition.
+
+TensorFlow Serving compatibility (tf-serving-api.md §6): TF's internal names such as
+``/tensorflow/serving/request_count`` are exported with ``/`` turned into ``:``. Prometheus allows
+colons in metric names and prometheus-client accepts them. Two details of TF's exporter are kept:
+
+- TF's latencies are in **microseconds** with exponential buckets ``10 * 1.8**i`` (33 buckets);
+- TF's counters are exposed under their exact sample names (``:tensorflow:serving:request_count``).
+  prometheus-client always appends ``_total`` to a ``Counter``'s sample, so these monotonic values are
+  typed ``gauge`` in the exposition instead; PromQL (``rate``, ``increase``) works the same on them and
+  dashboards written for TF Serving keep working.
+
+As in TF Serving, ``request_count`` and ``request_latency`` count the inference APIs (Predict,
+Classify, Regress, MultiInference) only.
+
+teeserve's own metrics follow Prometheus conventions (seconds, ``_total`` counters), for every API:
+``teeserve_requests_total{model_name,api,protocol,code}`` and
+``teeserve_request_duration_seconds{model_name,api,protocol}``, plus runtime, load and batching
+histograms, and ``process_start_time_seconds`` from the default process collector (on Linux).
+
+Labels carry model names, model paths, API names and status codes only: never tensor contents,
+request bodies or key material. Callers that see names from the network (the front ends) must only
+pass names of models the server knows (see :data:`UNKNOWN_MODEL`), so a client cannot grow the label
+set without bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+__all__ = ["Metrics", "METRICS", "UNKNOWN_MODEL", "INFERENCE_APIS", "TF_LATENCY_BUCKETS_US", "LATENCY_BUCKETS_S"]
+
+#: TensorFlow Serving's latency buckets: ``Buckets::Exponential(10, 1.8, 33)`` in microseconds.
+TF_LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(32)) + (float("inf"),)
+
+#: teeserve's latency buckets in seconds (100 µs .. 60 s).
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, float("inf"),
+)
+
+#: Batch-size buckets (TF's ``Exponential(1, 2, 15)`` style: 1, 2, 4, ... 16384).
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15)) + (float("inf"),)
+
+#: The APIs TF Serving counts in ``request_count`` / ``request_latency``.
+INFERENCE_APIS = frozenset({"Predict", "Classify", "Regress", "MultiInference"})
+
+#: Label value used for a model name that the server does not know (keeps label cardinality bounded).
+UNKNOWN_MODEL = "<unknown>"
+
+_MAX_LABEL = 200
+_MAX_CACHED = 10000
+
+
+def _label(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_LABEL else text[:_MAX_LABEL]
+
+
+class Metrics:
+    """The server's metrics in one private registry.
+
+    All ``record_*`` methods are thread-safe (prometheus-client locks per metric) and cheap enough for
+    the request path. ``seconds`` arguments are wall-clock durations in seconds.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_collector: bool = True) -> None:
+        # Labelled children by label values: ``labels()`` costs more than the observation itself.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._runtime_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process_collector:
+            # process_start_time_seconds, process_cpu_seconds_total, ... (Linux /proc only).
+            ProcessCollector(registry=r)
+
+        # --- TensorFlow Serving compatible -------------------------------------------------------
+        self.tf_request_count = Gauge(
+            ":tensorflow:serving:request_count",
+            "The total number of requests.",
+            ["model_name", "status"],
+            registry=r,
+        )
+        self.tf_request_latency = Histogram(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ["model_name", "API", "entrypoint"],
+            buckets=TF_LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.tf_runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ["model_name", "API", "runtime"],
+            buckets=TF_LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.tf_load_attempt_count = Gauge(
+            ":tensorflow:cc:saved_model:load_attempt_count",
+            "The number of times a SavedModel was attempted to be loaded.",
+            ["model_path", "status"],
+            registry=r,
+        )
+        self.tf_load_latency = Gauge(
+            ":tensorflow:cc:saved_model:load_latency",
+            "Latency in microseconds for SavedModels that were successfully loaded.",
+            ["model_path"],
+            registry=r,
+        )
+        self.tf_batch_queuing_latency = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Distribution of wall time (in microseconds) spent in the batch queue.",
+            ["model_name"],
+            buckets=TF_LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.tf_batch_input_size = Histogram(
+            ":tensorflow:serving:batching_session:input_batch_size",
+            "Distribution of the size of the batches before padding.",
+            ["model_name"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.tf_batch_processed_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Distribution of the size of the batches after padding.",
+            ["model_name"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.tf_batch_padding_size = Histogram(
+            ":tensorflow:serving:batching_session:padding_size",
+            "Distribution of the number of padding rows added to a batch.",
+            ["model_name"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.tf_batch_run_count = Gauge(
+            ":tensorflow:serving:batching_session:wrapped_run_count",
+            "The number of batched session runs.",
+            ["model_name"],
+            registry=r,
+        )
+
+        # --- teeserve's own ---------------------------------------------------------------------
+        self.requests = Counter(
+            "teeserve_requests",
+            "Requests by model, API, protocol (REST or GRPC) and canonical status code.",
+            ["model_name", "api", "protocol", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "teeserve_request_duration_seconds",
+            "Wall time of a request from its arrival to its response, by model, API and protocol.",
+            ["model_name", "api", "protocol"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.runtime_duration = Histogram(
+            "teeserve_runtime_duration_seconds",
+            "Wall time spent in the inference runtime (TensorFlow or ONNX Runtime).",
+            ["model_name", "api", "runtime"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.load_duration = Histogram(
+            "teeserve_model_load_duration_seconds",
+            "Wall time of model version loads (decryption included), by outcome.",
+            ["status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_queue_duration = Histogram(
+            "teeserve_batch_queue_duration_seconds",
+            "Time requests wait in the batch queue.",
+            ["model_name"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+
+    # --- recording ---------------------------------------------------------------------------------
+
+    def record_request(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """One finished request. ``api``: Predict, Classify, Regress, MultiInference,
+        GetModelMetadata, GetModelStatus, ...; ``entrypoint``: ``REST`` or ``GRPC``; ``status``: the
+        canonical code name (``OK``, ``INVALID_ARGUMENT``, ...).
+
+        As in TF Serving, ``:tensorflow:serving:request_count`` and ``request_latency`` count inference
+        APIs only (:data:`INFERENCE_APIS`); teeserve's own request metrics count every API."""
+        key = (model_name, api, entrypoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            model = _label(model_name)
+            inference = api in INFERENCE_APIS
+            children = (
+                self.tf_request_count.labels(model, status) if inference else None,
+                self.tf_request_latency.labels(model, api, entrypoint) if inference else None,
+                self.requests.labels(model, api, entrypoint, status),
+                self.request_duration.labels(model, api, entrypoint),
+            )
+            if len(self._request_children) < _MAX_CACHED:
+                self._request_children[key] = children
+        count, latency_us, requests, duration = children
+        if count is not None:
+            count.inc()
+            latency_us.observe(seconds * 1e6)
+        requests.inc()
+        duration.observe(seconds)
+
+    def record_runtime(self, model_name: str, api: str, runtime: str, seconds: float) -> None:
+        """Time spent inside the runtime (``runtime``: ``TF1Session``-style name, e.g. ``TensorFlow``,
+        ``ONNXRuntime``)."""
+        key = (model_name, api, runtime)
+        children = self._runtime_children.get(key)
+        if children is None:
+            model = _label(model_name)
+            children = (self.tf_runtime_latency.labels(model, api, runtime),
+                        self.runtime_duration.labels(model, api, runtime))
+            if len(self._runtime_children) < _MAX_CACHED:
+                self._runtime_children[key] = children
+        children[0].observe(seconds * 1e6)
+        children[1].observe(seconds)
+
+    def record_load(self, model_path: str, status: str, seconds: float) -> None:
+        """One load attempt of a model version (``status``: ``success`` or the error code name, as
+        TF's ``load_attempt_count``). ``model_path`` is the version directory, never a key."""
+        path = _label(model_path)
+        self.tf_load_attempt_count.labels(path, status).inc()
+        if status == "success":
+            self.tf_load_latency.labels(path).inc(seconds * 1e6)
+        self.load_duration.labels(status).observe(seconds)
+
+    def record_batch(self, model_name: str, batch_size: int, padding: int, queue_seconds: float) -> None:
+        """One executed batch: ``batch_size`` real rows, ``padding`` rows added, and how long its
+        oldest task waited in the queue."""
+        model = _label(model_name)
+        self.tf_batch_input_size.labels(model).observe(batch_size)
+        self.tf_batch_processed_size.labels(model).observe(batch_size + padding)
+        self.tf_batch_padding_size.labels(model).observe(padding)
+        self.tf_batch_run_count.labels(model).inc()
+        self.tf_batch_queuing_latency.labels(model).observe(queue_seconds * 1e6)
+        self.batch_queue_duration.labels(model).observe(queue_seconds)
+
+    # --- exposition --------------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (format 0.0.4) and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+#: The process-wide instance the serving core, the gRPC and REST front ends record into.
+METRICS = Metrics()

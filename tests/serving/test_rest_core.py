@@ -1,0 +1,126 @@
+"""REST over the real ``ServingCore`` (fixtures from conftest.py: tiny ONNX and SavedModel "digits",
+a TF1 classify/regress model), on loopback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rest_fakes import http  # noqa: E402
+
+from teeserve.serving._metrics import Metrics  # noqa: E402
+from teeserve.serving.rest import start_rest_server  # noqa: E402
+
+
+@pytest.fixture()
+def rest(loop_thread: Any):
+    """``rest(core, **kwargs) -> port``: a REST server over ``core`` on the core's own event loop."""
+    servers: list[Any] = []
+
+    def start(core: Any, **kwargs: Any) -> int:
+        kwargs.setdefault("metrics", Metrics(process_collector=False))
+        server = loop_thread.run(start_rest_server(core, "127.0.0.1", 0, **kwargs))
+        servers.append(server)
+        return server.port
+
+    yield start
+    for s in servers:
+        loop_thread.run(s.close(grace=2))
+
+
+def post(port: int, path: str, doc: Any) -> tuple[int, Any]:
+    status, _, body = http(port, "POST", path, json.dumps(doc))
+    return status, json.loads(body)
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    status, _, body = http(port, "GET", path)
+    return status, json.loads(body)
+
+
+def test_onnx_predict_status_metadata(core: Any, rest: Any, digits_reference: Any) -> None:
+    metrics = Metrics(process_collector=False)
+    port = rest(core, metrics=metrics, monitoring_path="/monitoring/prometheus/metrics")
+    images = np.random.default_rng(3).random((2, 8, 8)).astype(np.float32)
+    expected = digits_reference(images)
+
+    status, doc = post(port, "/v1/models/digits:predict", {"instances": images.tolist()})
+    assert status == 200, doc
+    rows = doc["predictions"]
+    np.testing.assert_allclose([r["probabilities"] for r in rows], expected["probabilities"], rtol=1e-5)
+    assert [r["classes"] for r in rows] == expected["classes"].tolist()
+
+    status, doc = post(port, "/v1/models/digits/versions/1:predict", {"inputs": {"images": images[:1].tolist()}})
+    assert status == 200, doc
+    assert doc["outputs"]["classes"] == expected["classes"][:1].tolist()
+
+    status, doc = get(port, "/v1/models/digits")
+    assert status == 200
+    assert doc["model_version_status"][0]["version"] == "1"
+    assert doc["model_version_status"][0]["state"] == "AVAILABLE"
+    assert doc["model_version_status"][0]["status"]["error_code"] == "OK"
+
+    status, doc = get(port, "/v1/models/digits/metadata")
+    assert status == 200
+    assert doc["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}
+    sd = doc["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sd["inputs"]["images"]["dtype"] == "DT_FLOAT"
+    assert set(sd["outputs"]) == {"probabilities", "classes"}
+
+    assert get(port, "/v1/health/ready")[0] == 200
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(http(port, "GET", "/monitoring/prometheus/metrics")[2].decode())
+        for s in f.samples
+    }
+    assert samples[(":tensorflow:serving:request_count", (("model_name", "digits"), ("status", "OK")))] == 2
+
+
+def test_onnx_request_errors(core: Any, rest: Any) -> None:
+    port = rest(core)
+    status, doc = post(port, "/v1/models/digits/versions/9:predict", {"instances": [[[0.0] * 8] * 8]})
+    assert (status, doc) == (404, {"error": "Servable not found for request: Specific(digits, 9)"})
+    status, doc = post(port, "/v1/models/other:predict", {"instances": [1.0]})
+    assert (status, doc) == (404, {"error": "Servable not found for request: Latest(other)"})
+    status, doc = post(port, "/v1/models/digits:predict", {"instances": [[1.0, 2.0]]})  # wrong shape
+    assert status == 400 and doc["error"]
+    status, doc = post(port, "/v1/models/digits:predict", {"instances": [["a"] * 8] * 1})
+    assert status == 400 and "is not of expected type: float" in doc["error"]
+    status, doc = post(port, "/v1/models/digits:predict", {"signature_name": "nope", "instances": [1.0]})
+    assert (status, doc) == (400, {"error": 'Serving signature name: "nope" not found in signature def'})
+    status, doc = get(port, "/v1/models/other")
+    assert status == 404 and doc["error"]
+    # classify on a model without a classify signature: an error status, never a 5xx
+    status, doc = post(port, "/v1/models/digits:classify", {"examples": [{"x": [1.0, 2.0]}]})
+    assert 400 <= status < 500 and doc["error"]
+
+
+@pytest.mark.slow
+def test_savedmodel_classify_and_regress(make_core: Any, classify_model_dir: Path, rest: Any) -> None:
+    core = make_core(classify_model_dir, name="examples")
+    port = rest(core)
+    status, doc = post(port, "/v1/models/examples:classify",
+                       {"signature_name": "classify_x", "examples": [{"x": [1.0, 2.0]}, {"x": [3.0, 1.0]}]})
+    assert status == 200, doc
+    results = doc["results"]
+    assert [[label for label, _ in row] for row in results] == [["neg", "pos"], ["neg", "pos"]]
+    scores = np.array([[s for _, s in row] for row in results])
+    e = np.exp(np.array([[1.0, 2.0], [3.0, 1.0]]))
+    np.testing.assert_allclose(scores, e / e.sum(axis=1, keepdims=True), rtol=1e-5)
+
+    status, doc = post(port, "/v1/models/examples:regress",
+                       {"signature_name": "regress_x", "context": {"x": [0.5, 0.25]}, "examples": [{}]})
+    # with a context, each example is merged with the context features (TF Serving's semantics)
+    assert status == 200, doc
+    assert doc == {"results": [0.75]}
+
+    status, doc = post(port, "/v1/models/examples:predict", {"instances": [[1.0, 2.5]]})
+    assert (status, doc) == (200, {"predictions": [3.5]})
