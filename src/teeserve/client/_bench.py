@@ -118,7 +118,25 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: dict[str, Any]) -> None:
+class _Window:
+    """The measured window: it opens when every task of this process has finished its warm-up
+    (connection set-up and warm-up requests are not measured, as in the reference client)."""
+
+    def __init__(self, tasks: int, duration: float | None) -> None:
+        self.barrier = asyncio.Barrier(tasks)
+        self.duration = duration
+        self.start: float | None = None
+        self.start_wall = 0.0
+
+    async def open(self) -> float | None:
+        """Wait for the other tasks; returns the deadline (perf_counter) or None."""
+        await self.barrier.wait()
+        if self.start is None:
+            self.start, self.start_wall = time.perf_counter(), time.time()
+        return None if self.duration is None else self.start + self.duration
+
+
+async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, Any]) -> None:
     import grpc
 
     from .._proto import pb
@@ -128,7 +146,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: d
     verbose = cfg.verbose if cfg.verbose is not None else not sys.stdout.isatty()
     progress = _Progress(cfg.progress if cfg.progress is not None else sys.stderr.isatty())
     chan_kind = "secure" if cfg.tls.enabled else "insecure"
-    deadline = None if cfg.duration is None else t0 + cfg.duration
+    window = _Window(len(task_ids), cfg.duration)
     lat: list[float] = []
     fin: list[float] = []
     errors: Counter[str] = Counter()
@@ -136,7 +154,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: d
     async def one_task(i: int) -> None:
         data = _make_input(cfg)
         if cfg.rest:
-            await _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, deadline, t0)
+            await _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, window)
             return
         req = pb.PredictRequest()
         req.model_spec.name = cfg.model
@@ -149,6 +167,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: d
                     await stub.Predict(req, timeout=cfg.timeout)
                 except grpc.RpcError:
                     pass
+            deadline = await window.open()
             j = 0
             while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
                 start = time.perf_counter()
@@ -167,7 +186,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: d
                 ms = (end - start) * 1000
                 if status == "OK":
                     lat.append(ms)
-                    fin.append(end - t0)
+                    fin.append(end - window.start)
                     if out.get("first") is None:
                         from google.protobuf import json_format
 
@@ -182,10 +201,11 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], t0: float, out: d
 
     await asyncio.gather(*(one_task(i) for i in task_ids))
     progress.close()
-    out.update(lat=lat, fin=fin, errors=dict(errors))
+    out.update(lat=lat, fin=fin, errors=dict(errors), start_wall=window.start_wall, end_wall=time.time(),
+               fin_offset=window.start_wall)
 
 
-async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, deadline, t0) -> None:
+async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, window) -> None:
     import httpx
 
     from ._channel import rest_ssl_context
@@ -204,6 +224,7 @@ async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, dea
                 await client.post(url, content=body, headers=headers, extensions=ext)
             except httpx.HTTPError:
                 pass
+        deadline = await window.open()
         j = 0
         while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
             start = time.perf_counter()
@@ -216,7 +237,7 @@ async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, dea
             ms = (end - start) * 1000
             if status == "OK":
                 lat.append(ms)
-                fin.append(end - t0)
+                fin.append(end - window.start)
                 if out.get("first") is None and r is not None:
                     out["first"] = r.json()
             else:
@@ -228,12 +249,10 @@ async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, dea
             j += 1
 
 
-def _proc_main(cfg: BenchConfig, task_ids: list[int], t0_wall: float, q: Any) -> None:
-    # Align each process's perf_counter origin with the shared wall-clock start.
-    t0 = time.perf_counter() - (time.time() - t0_wall)
+def _proc_main(cfg: BenchConfig, task_ids: list[int], q: Any) -> None:
     out: dict[str, Any] = {}
     try:
-        asyncio.run(_worker_async(cfg, task_ids, t0, out))
+        asyncio.run(_worker_async(cfg, task_ids, out))
     except KeyboardInterrupt:
         pass
     sys.stdout.flush()
@@ -248,12 +267,10 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         raise ClientError("-img needs -batch 1 (as in the reference client)")
     tasks = list(range(cfg.cnum))
     procs = max(1, min(cfg.procs, cfg.cnum))
-    start_wall = time.time()
-    t_start = time.perf_counter()
     if procs == 1:
         out: dict[str, Any] = {}
         try:
-            asyncio.run(_worker_async(cfg, tasks, t_start, out))
+            asyncio.run(_worker_async(cfg, tasks, out))
         except KeyboardInterrupt:
             pass
         outs = [out]
@@ -261,13 +278,20 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         chunks = [tasks[i::procs] for i in range(procs)]
-        ps = [ctx.Process(target=_proc_main, args=(cfg, c, start_wall, q)) for c in chunks]
+        ps = [ctx.Process(target=_proc_main, args=(cfg, c, q)) for c in chunks]
         for p in ps:
             p.start()
         outs = [q.get() for _ in ps]
         for p in ps:
             p.join()
-    e2e = time.perf_counter() - t_start
+    starts = [o["start_wall"] for o in outs if o.get("start_wall")]
+    ends = [o["end_wall"] for o in outs if o.get("end_wall")]
+    e2e = (max(ends) - min(starts)) if starts and ends else 0.0
+    t_first = min(starts) if starts else 0.0
+    # Finish times relative to the earliest window start across processes.
+    for o in outs:
+        shift = o.get("fin_offset", t_first) - t_first
+        o["fin"] = [x + shift for x in o.get("fin", [])]
     lat = [x for o in outs for x in o.get("lat", [])]
     fin = [x for o in outs for x in o.get("fin", [])]
     errors: Counter[str] = Counter()

@@ -33,6 +33,11 @@ class TlsOptions:
     key: str | None = None
     server_name: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.ca is None and (self.crt is not None or self.key is not None):
+            raise ClientError("--crt/--key need --ca (the CA that signed the server's certificate): "
+                              "without it nothing would be encrypted")
+
     @property
     def enabled(self) -> bool:
         return self.ca is not None

@@ -10,7 +10,8 @@ work can replace the first without touching the rest:
    decrypted in memory with the ``default`` key) into gRPC credentials and an ``ssl.SSLContext``.
    ``client_verify: true`` means mutual TLS on both protocols. Without it: a loud plaintext warning.
 3. **core** (:meth:`ModelServer.make_core`): the serving core from the model config and the flags.
-4. **listen**: gRPC (``grpc.aio``) and REST on one event loop; health NOT_SERVING, liveness SERVING.
+4. **listen**: gRPC (its thread-pool server: Predict runs in its workers, every other call on the event
+   loop) and REST (on the event loop); health NOT_SERVING, liveness SERVING.
 5. **load**: the core loads the models (in worker threads) and, with ``--model_config_file`` and
    ``--model_config_file_poll_wait_seconds``, re-reads the config file; a watcher flips gRPC health
    to SERVING when ``core.is_ready()``. The REST readiness URL asks the core directly.
@@ -46,6 +47,12 @@ log = logging.getLogger("teeserve.serving.server")
 
 class ServeError(TeeserveError):
     """The server could not start (a port in use, unreadable files, no key for an encrypted file)."""
+
+
+class KeyReleaseRefused(ServeError):
+    """The key broker denied this server its keys (exit status 3, as ``KeyReleaseDenied``)."""
+
+    exit_code = 3
 
 
 # --- logging --------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ class ModelServer:
             else:
                 got = await obtain_from_env(secrets=names, **common)
         except KeyReleaseDenied as exc:
-            raise ServeError(f"the key broker {where} denied the key release ({exc}); "
+            raise KeyReleaseRefused(f"the key broker {where} denied the key release ({exc}); "
                              "see the broker's audit log for the reason") from None
         except BrokerUnreachable as exc:
             raise ServeError(str(exc)) from None
@@ -254,10 +261,18 @@ class ModelServer:
         o = self.options
         if not o.port and not o.grpc_socket_path:
             return
+        # gRPC's thread-pool server, not grpc.aio: Predict runs in its worker threads (off the event
+        # loop), which costs a third less server CPU per small request than aio plus a hop to the
+        # inference pool (benchmarks/bench_serving.py --frontends). --grpc_max_threads sizes the pool:
+        # more calls wait in line, as on TensorFlow Serving.
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = o.grpc_max_threads or 4 * (os.cpu_count() or 1)
         self.grpc_front = GrpcFrontEnd(self.core, max_concurrent=o.grpc_max_threads,
-                                       tensor_content=o.enable_serialization_as_tensor_content)
-        server = grpc.aio.server(options=server_options(o.grpc_channel_arguments))
-        self.grpc_front.add_to_server(server)
+                                       tensor_content=o.enable_serialization_as_tensor_content, threaded=True)
+        self._grpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-grpc")
+        server = grpc.server(self._grpc_pool, options=server_options(o.grpc_channel_arguments))
+        self.grpc_front.add_to_threaded_server(server, asyncio.get_running_loop())
         addresses = []
         if o.port:
             host = f"[{o.host}]" if ":" in o.host else o.host
@@ -277,7 +292,7 @@ class ModelServer:
             if not address.startswith("unix:"):
                 self.grpc_port = bound
         await self.grpc_front.init_health()
-        await server.start()
+        server.start()
         self.grpc_server = server
         log.info(
             "gRPC API listening",
@@ -363,7 +378,13 @@ class ModelServer:
             self.request_stop()
             return
         self._loaded = True
-        log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 3)})
+        missing = [n for n in self.core.model_names() if not self.core.available_versions(n)]
+        if missing:
+            log.error("initial load finished but no version is available for: %s (see GetModelStatus "
+                      "or GET /v1/models/NAME for the reason); the server stays up, not ready",
+                      ", ".join(missing), extra={"seconds": round(time.perf_counter() - t0, 3)})
+        else:
+            log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 3)})
 
     async def _watch_readiness(self) -> None:
         ready = False
@@ -414,7 +435,8 @@ class ModelServer:
             task.cancel()
         closing = []
         if self.grpc_server is not None:
-            closing.append(self.grpc_server.stop(grace))
+            stopped = self.grpc_server.stop(grace)  # a threading.Event, set when the last call ended
+            closing.append(loop.run_in_executor(None, stopped.wait, grace + 5))
         if self.rest_server is not None:
             closing.append(self.rest_server.close(grace))
         await asyncio.gather(*closing, return_exceptions=True)
