@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import TeeserveError
+from ._errors import BrokerError
 
 __all__ = ["AuditLog", "AuditRecord", "AuditChainBroken", "GENESIS"]
 
@@ -51,7 +51,7 @@ _FIELDS = ("time", "peer", "tee", "simulated", "measurements", "tcb_status", "ad
            "rule", "decision", "reason")
 
 
-class AuditChainBroken(TeeserveError):
+class AuditChainBroken(BrokerError):
     """The audit table does not verify: a row was changed, reordered or removed."""
 
     def __init__(self, path: str, seq: int, why: str) -> None:
