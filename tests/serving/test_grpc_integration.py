@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,13 @@ from test_grpc import _ALLOWED, _predict_requests  # the fuzz strategy of the fa
 
 
 class Served:
-    def __init__(self, loop_thread: Any, core: Any) -> None:
+    """``threaded``: gRPC's thread-pool server with Predict in its workers (what ``teeserve serve``
+    runs) instead of grpc.aio; both must behave the same."""
+
+    def __init__(self, loop_thread: Any, core: Any, threaded: bool = False) -> None:
         self.loop_thread = loop_thread
         self.core = core
+        self.threaded = threaded
         self.front: GrpcFrontEnd = loop_thread.run(self._make())
         self.port: int = loop_thread.run(self._start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -45,29 +51,39 @@ class Served:
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     async def _make(self) -> GrpcFrontEnd:
-        return GrpcFrontEnd(self.core, metrics=Metrics(process_collector=False))
+        return GrpcFrontEnd(self.core, metrics=Metrics(process_collector=False), threaded=self.threaded)
 
     async def _start(self) -> int:
-        self.server = grpc.aio.server(options=server_options())
-        self.front.add_to_server(self.server)
+        if self.threaded:
+            self.server = grpc.server(ThreadPoolExecutor(8), options=server_options())
+            self.front.add_to_threaded_server(self.server, asyncio.get_running_loop())
+        else:
+            self.server = grpc.aio.server(options=server_options())
+            self.front.add_to_server(self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.front.init_health()
-        await self.server.start()
+        if self.threaded:
+            self.server.start()
+        else:
+            await self.server.start()
         await self.front.set_ready(self.core.is_ready())
         return port
 
     def close(self) -> None:
         self.channel.close()
-        self.loop_thread.run(self.server.stop(None))
+        if self.threaded:
+            self.server.stop(None).wait(30)
+        else:
+            self.loop_thread.run(self.server.stop(None))
 
 
-@pytest.fixture()
-def served(loop_thread: Any, make_core: Any, onnx_model_dir: Path, saved_model_dir: Path,
-           classify_model_dir: Path) -> Iterator[Served]:
+@pytest.fixture(params=["aio", "threaded"])
+def served(request: pytest.FixtureRequest, loop_thread: Any, make_core: Any, onnx_model_dir: Path,
+           saved_model_dir: Path, classify_model_dir: Path) -> Iterator[Served]:
     core = make_core([ModelConfig("digits", str(onnx_model_dir)),
                       ModelConfig("digits_tf", str(saved_model_dir)),
                       ModelConfig("examples", str(classify_model_dir))])
-    s = Served(loop_thread, core)
+    s = Served(loop_thread, core, threaded=request.param == "threaded")
     yield s
     s.close()
 
@@ -236,15 +252,16 @@ def test_fuzz_predict_against_real_core(served_module: Served, req: predict_pb2.
         assert exc.code() in _ALLOWED, (exc.code(), exc.details())
 
 
-@pytest.fixture(scope="module")
-def served_module(loop_thread: Any, onnx_model_dir: Path, saved_model_dir: Path) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=["aio", "threaded"])
+def served_module(request: pytest.FixtureRequest, loop_thread: Any, onnx_model_dir: Path,
+                  saved_model_dir: Path) -> Iterator[Served]:
     from teeserve.serving._config import ServingOptions
     from teeserve.serving._core import ServingCore
 
     core = ServingCore([ModelConfig("digits", str(onnx_model_dir)), ModelConfig("digits_tf", str(saved_model_dir))],
                        options=ServingOptions(file_system_poll_wait_seconds=0, max_num_load_retries=0))
     loop_thread.run(core.start())
-    s = Served(loop_thread, core)
+    s = Served(loop_thread, core, threaded=request.param == "threaded")
     yield s
     s.close()
     loop_thread.run(core.stop())

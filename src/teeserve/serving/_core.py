@@ -11,7 +11,8 @@ Construction (for the server assembly)::
     await core.reload_config(model_server_config)   # HandleReloadConfigRequest; ServingError on bad config
     await core.stop()     # stop polling, drain in-flight requests, unload, shut the thread pools
 
-Every method is called on the event loop thread (the one that ran ``start``). ``from_flags`` reads
+Every method is called on the event loop thread (the one that ran ``start``), except
+``predict_blocking``, which is called from worker threads and never on the loop. ``from_flags`` reads
 these attributes of an argparse namespace (missing ones take TF Serving's defaults):
 ``model_name``, ``model_base_path``, ``model_config_file``, ``model_config_file_poll_wait_seconds``,
 ``file_system_poll_wait_seconds``, ``enable_batching``, ``batching_parameters_file``,
@@ -27,7 +28,8 @@ Request API (all raise :class:`ServingError` with TF Serving's codes and message
 ``await multi_inference(request_proto)`` → ``tensorflow.serving.MultiInferenceResponse``;
 ``signatures(ref)`` → (name, version, {signature name: Signature});
 ``model_status(name, version=None, label=None)`` → [VersionStatus] (newest first); ``is_ready()``;
-``model_names()``.
+``model_names()``. ``predict_blocking(...)`` is :meth:`predict` for a worker thread (gRPC's
+thread-pool server), thread-safe, available while ``blocking_predict`` is true (no batching).
 
 Strategy: request validation is shared, pure code (``backends/_run.py``); inference runs in worker
 threads (``backends/_pool.py``, never on the event loop; ``inference_threads``, default
@@ -316,6 +318,31 @@ class ServingCore:
             else:
                 outputs = await self._pool.submit(servable.run, prep.signature_name, prep.inputs,
                                                   prep.output_aliases)
+            METRICS.record_runtime(ref.name, "Predict", servable.runtime, time.perf_counter() - start)
+            return PredictResult(ref.name, entry.number, prep.signature_name,
+                                 {a: outputs[a] for a in prep.output_aliases})
+
+    @property
+    def blocking_predict(self) -> bool:
+        """True when :meth:`predict_blocking` may be used (no batching: batches form on the event loop)."""
+        return self._scheduler is None
+
+    def predict_blocking(self, ref: ModelRef, signature_name: str, inputs: Mapping[str, np.ndarray],
+                         output_filter: Sequence[str] = ()) -> PredictResult:
+        """:meth:`predict` for a caller that is already on a worker thread (gRPC's thread-pool server),
+        never on the event loop: the servable runs in the calling thread, which saves the hand-off to
+        the inference pool and back (for a small model that hand-off costs more than the model).
+        Thread-safe; only while :attr:`blocking_predict` is true."""
+        if self._scheduler is not None:
+            raise RuntimeError("predict_blocking is not available with batching enabled")
+        m = self._manager(ref)
+        with m.acquire(ref) as entry:
+            servable = entry.servable
+            assert servable is not None
+            prep = prepare_predict(servable, signature_name, inputs, output_filter,
+                                   check_method=self.options.enable_signature_method_name_check)
+            start = time.perf_counter()
+            outputs = servable.run(prep.signature_name, prep.inputs, prep.output_aliases)
             METRICS.record_runtime(ref.name, "Predict", servable.runtime, time.perf_counter() - start)
             return PredictResult(ref.name, entry.number, prep.signature_name,
                                  {a: outputs[a] for a in prep.output_aliases})

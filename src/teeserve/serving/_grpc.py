@@ -3,8 +3,12 @@
 Strategy: a thin shell over :class:`~teeserve.serving._api.ServingCoreAPI`. Each handler parses the
 request bytes with the vendored protos (``teeserve._proto``, wire-identical to the official stubs),
 turns them into domain types (``ModelRef`` + numpy arrays), awaits the core, and writes the response.
-The services are registered as generic handlers on a ``grpc.aio`` server, so the front end, the core
-(whose inference runs in worker threads) and the REST server share one event loop.
+The services are registered as generic handlers, either on a ``grpc.aio`` server (the front end, the
+core, whose inference runs in worker threads, and the REST server share one event loop) or, as
+``teeserve serve`` does, on gRPC's synchronous thread-pool server (``threaded=True``): there Predict
+runs in gRPC's worker thread through the core's thread-safe ``predict_blocking`` (no hand-off to the
+loop and to the inference pool, which for a small model cost more than the model) and every other
+call is handed to the event loop and handled exactly as on the aio server.
 
 Requests arrive as raw bytes and are parsed here rather than by gRPC's deserializer, so that a
 malformed protobuf is INVALID_ARGUMENT (as in TensorFlow Serving) and not gRPC's own INTERNAL
@@ -177,6 +181,12 @@ class GrpcFrontEnd:
     most inference calls in progress at once (more wait in line, as on TensorFlow Serving's thread
     pool). ``tensor_content``: ``--enable_serialization_as_tensor_content`` (see :func:`encode_output`).
     Health starts NOT_SERVING; :meth:`set_ready` and :meth:`enter_drain` change it.
+
+    ``threaded``: serve on gRPC's synchronous thread-pool server (:meth:`add_to_threaded_server`)
+    instead of ``grpc.aio`` (:meth:`add_to_server`). There, Predict runs in the gRPC worker thread
+    through the core's ``predict_blocking`` (when the core offers it and batching is off): no hop to
+    the event loop nor to the inference pool, about a third less server CPU per small request. Every
+    other call is handed to the event loop and runs exactly as on the aio server.
     """
 
     def __init__(
@@ -187,6 +197,7 @@ class GrpcFrontEnd:
         max_concurrent: int | None = None,
         tensor_content: bool = False,
         metrics: Metrics | None = METRICS,
+        threaded: bool = False,
     ) -> None:
         from grpc_health.v1 import health
 
@@ -196,7 +207,10 @@ class GrpcFrontEnd:
         self._metrics = metrics
         self._tensor_content = tensor_content
         self._known_models: set[str] = set()
-        self.health = health.aio.HealthServicer()
+        self._threaded = threaded
+        # The threaded (sync) gRPC server needs the synchronous servicer; its set() is not awaitable.
+        self.health = health.HealthServicer() if threaded else health.aio.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = False
         self._draining = False
 
@@ -205,19 +219,7 @@ class GrpcFrontEnd:
     def add_to_server(self, server: grpc.aio.Server) -> None:
         from grpc_health.v1 import health_pb2_grpc
 
-        methods: dict[str, dict[str, Handler]] = {
-            PREDICTION_SERVICE: {
-                "Predict": self.predict,
-                "GetModelMetadata": self.get_model_metadata,
-                "Classify": self.classify,
-                "Regress": self.regress,
-                "MultiInference": self.multi_inference,
-            },
-            MODEL_SERVICE: {
-                "GetModelStatus": self.get_model_status,
-                "HandleReloadConfigRequest": self.handle_reload_config_request,
-            },
-        }
+        methods = self._methods()
         from .._proto import SERVICES
 
         handlers = []
@@ -236,13 +238,120 @@ class GrpcFrontEnd:
         server.add_generic_rpc_handlers(tuple(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
 
+    def _methods(self) -> dict[str, dict[str, Handler]]:
+        return {
+            PREDICTION_SERVICE: {
+                "Predict": self.predict,
+                "GetModelMetadata": self.get_model_metadata,
+                "Classify": self.classify,
+                "Regress": self.regress,
+                "MultiInference": self.multi_inference,
+            },
+            MODEL_SERVICE: {
+                "GetModelStatus": self.get_model_status,
+                "HandleReloadConfigRequest": self.handle_reload_config_request,
+            },
+        }
+
+    def add_to_threaded_server(self, server: grpc.Server, loop: asyncio.AbstractEventLoop) -> None:
+        """Register on gRPC's synchronous server; ``loop`` runs the core (and every non-fast call)."""
+        from grpc_health.v1 import health_pb2_grpc
+
+        from .._proto import SERVICES
+
+        if not self._threaded:
+            raise RuntimeError("add_to_threaded_server needs GrpcFrontEnd(..., threaded=True)")
+        self._loop = loop
+        handlers = []
+        for service, table in self._methods().items():
+            if set(table) != set(SERVICES[service]):
+                raise RuntimeError(f"{service}: handlers {sorted(table)} != methods {sorted(SERVICES[service])}")
+            rpc = {}
+            for method, fn in table.items():
+                request_type = SERVICES[service][method][0]
+                on_loop = self._wrap(service, method, request_type, fn)
+                if method == "Predict" and getattr(self.core, "predict_blocking", None) is not None:
+                    sync = self._wrap_blocking_predict(service, method, request_type, on_loop)
+                else:
+                    sync = self._bridge(on_loop)
+                rpc[method] = grpc.unary_unary_rpc_method_handler(
+                    sync, request_deserializer=None, response_serializer=_serialize)
+            handlers.append(grpc.method_handlers_generic_handler(service, rpc))
+        server.add_generic_rpc_handlers(tuple(handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+
+    def _bridge(self, on_loop: Callable[..., Awaitable[Any]]) -> Callable[[bytes, Any], Any]:
+        """A sync handler that runs the aio handler on the event loop and waits for it."""
+        loop = self._loop
+        assert loop is not None
+
+        def handler(data: bytes, context: Any) -> Any:
+            future = asyncio.run_coroutine_threadsafe(on_loop(data, _LoopContext()), loop)
+            try:
+                return future.result()
+            except _Abort as exc:
+                context.abort(exc.code, exc.details)
+            except BaseException:
+                future.cancel()
+                raise
+
+        return handler
+
+    def _wrap_blocking_predict(self, service: str, method: str, request_type: str,
+                               on_loop: Callable[..., Awaitable[Any]]) -> Callable[[bytes, Any], Any]:
+        """Predict in the calling gRPC worker thread (same error boundary and metrics as :meth:`_wrap`)."""
+        request_class = message_class(request_type)
+        bridged = self._bridge(on_loop)
+        core = self.core
+        api = method
+
+        def handler(data: bytes, context: Any) -> Any:
+            if not getattr(core, "blocking_predict", True):
+                return bridged(data, context)  # batching: the batch queues live on the event loop
+            start = time.perf_counter()
+            model = UNKNOWN_MODEL
+            abort: tuple[grpc.StatusCode, str] | None = None
+            try:
+                try:
+                    request = request_class.FromString(data)
+                except (DecodeError, RecursionError, ValueError):
+                    raise ServingError(
+                        Code.INVALID_ARGUMENT, f"could not parse the request as a {request_type}"
+                    ) from None
+                name = _request_model_name(request)
+                if name in self._known_models:
+                    model = name
+                response = self._predict_blocking(request)
+                if name:
+                    self._known_models.add(name)
+                    model = name
+                self._record(model, api, "OK", start)
+                return response
+            except ServingError as exc:
+                self._record(model, api, exc.code.name, start)
+                abort = (STATUS_CODES[exc.code], exc.message)
+            except Exception:
+                log.exception("bug in %s/%s: reported to the client as INTERNAL", service, method)
+                self._record(model, api, "INTERNAL", start)
+                abort = (grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
+            context.abort(*abort)  # raises: gRPC ends the call with this status
+
+        return handler
+
+    def _predict_blocking(self, request: Any) -> Any:
+        ref = _model_ref(request.model_spec)
+        inputs = {alias: tensor_proto_to_ndarray(tp, alias) for alias, tp in request.inputs.items()}
+        result = self.core.predict_blocking(ref, request.model_spec.signature_name, inputs,
+                                            list(request.output_filter))
+        return self._predict_response(result)
+
     async def init_health(self) -> None:
         """Liveness SERVING, readiness NOT_SERVING (call before the server starts accepting)."""
         from grpc_health.v1 import health_pb2
 
-        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._health_set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._health_set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def set_ready(self, ready: bool) -> None:
         from grpc_health.v1 import health_pb2
@@ -252,12 +361,19 @@ class GrpcFrontEnd:
         self._ready = ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in HEALTH_SERVICES:
-            await self.health.set(name, status)
+            await self._health_set(name, status)
 
     async def enter_drain(self) -> None:
         """Every health service NOT_SERVING, for good (load balancers stop sending new requests)."""
         self._draining = True
-        await self.health.enter_graceful_shutdown()
+        outcome = self.health.enter_graceful_shutdown()
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    async def _health_set(self, name: str, status: Any) -> None:
+        outcome = self.health.set(name, status)
+        if inspect.isawaitable(outcome):
+            await outcome
 
     # --- the error boundary --------------------------------------------------------------------
 
@@ -311,6 +427,9 @@ class GrpcFrontEnd:
         ref = _model_ref(request.model_spec)
         inputs = {alias: tensor_proto_to_ndarray(tp, alias) for alias, tp in request.inputs.items()}
         result = await self.core.predict(ref, request.model_spec.signature_name, inputs, list(request.output_filter))
+        return self._predict_response(result)
+
+    def _predict_response(self, result: Any) -> Any:
         response = pb.PredictResponse()
         _set_spec(response.model_spec, result.name, result.version, result.signature_name)
         outputs = response.outputs
@@ -419,6 +538,23 @@ class GrpcFrontEnd:
         response = pb.ReloadConfigResponse()
         response.status.error_code = int(Code.OK)
         return response
+
+
+class _Abort(Exception):
+    """An abort of a call run on the event loop for the threaded server (re-raised by gRPC's own
+    ``context.abort`` in the waiting worker thread)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+
+
+class _LoopContext:
+    """The part of ``grpc.aio.ServicerContext`` the handlers use, for calls bridged to the loop."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Abort(code, details)
 
 
 def _serialize(message: Message) -> bytes:

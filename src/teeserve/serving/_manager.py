@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -54,11 +55,30 @@ class LoadedVersion:
     servable: Servable | None = None
     inflight: int = 0
     drained: asyncio.Event | None = None
+    drained_loop: asyncio.AbstractEventLoop | None = None
     batch_queues: dict[Any, BatchQueue] = field(default_factory=dict)
     batching: BatchingOptions | None = None  # this version's own batching_params.pbtxt, if any
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.number, self.state, self.error_code, self.error_message)
+
+
+def _set_event(event: asyncio.Event, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Set an asyncio event from any thread (its loop's own thread included)."""
+    if loop is None:
+        event.set()
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        event.set()
+    else:
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
 
 def label_error(model: str, version: int) -> ServingError:
@@ -85,6 +105,9 @@ class ModelManager:
         self.versions: dict[int, LoadedVersion] = {}
         self.labels: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        # Requests may hold versions from gRPC's worker threads too (the blocking predict path):
+        # taking and releasing a version, and the start of an unload, happen under this lock.
+        self._guard = threading.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         self._on_load = on_load
         self._closed = False
@@ -98,7 +121,8 @@ class ModelManager:
     # -- request side ---------------------------------------------------------------------------
 
     def available(self) -> list[int]:
-        return sorted(v for v, e in self.versions.items() if e.state == VersionState.AVAILABLE)
+        # tuple() copies the items atomically (under the GIL): request threads read while the loop loads.
+        return sorted(v for v, e in tuple(self.versions.items()) if e.state == VersionState.AVAILABLE)
 
     def resolve(self, ref: ModelRef) -> LoadedVersion:
         """The AVAILABLE version a request means (latest, a number, or a label)."""
@@ -120,14 +144,17 @@ class ModelManager:
     @contextlib.contextmanager
     def acquire(self, ref: ModelRef) -> Iterator[LoadedVersion]:
         """Hold a version for the duration of one request (it will not be unloaded meanwhile)."""
-        entry = self.resolve(ref)
-        entry.inflight += 1
+        with self._guard:  # resolve + count atomically: an unload cannot slip in between
+            entry = self.resolve(ref)
+            entry.inflight += 1
         try:
             yield entry
         finally:
-            entry.inflight -= 1
-            if entry.inflight == 0 and entry.drained is not None:
-                entry.drained.set()
+            with self._guard:
+                entry.inflight -= 1
+                drained = entry.drained if entry.inflight == 0 else None
+            if drained is not None:
+                _set_event(drained, entry.drained_loop)
 
     def status(self, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         if not self.versions:
@@ -256,9 +283,12 @@ class ModelManager:
         return servable, batching
 
     async def _unload(self, entry: LoadedVersion) -> None:
-        entry.state = VersionState.UNLOADING
-        if entry.inflight:
-            entry.drained = asyncio.Event()
+        with self._guard:
+            entry.state = VersionState.UNLOADING
+            if entry.inflight:
+                entry.drained = asyncio.Event()
+                entry.drained_loop = asyncio.get_running_loop()
+        if entry.drained is not None:
             await entry.drained.wait()
         for q in entry.batch_queues.values():
             q.close()

@@ -267,7 +267,7 @@ class ModelServer:
         # more calls wait in line, as on TensorFlow Serving.
         from concurrent.futures import ThreadPoolExecutor
 
-        threads = o.grpc_max_threads or 4 * (os.cpu_count() or 1)
+        threads = o.grpc_max_threads or 2 * (os.cpu_count() or 1)
         self.grpc_front = GrpcFrontEnd(self.core, max_concurrent=o.grpc_max_threads,
                                        tensor_content=o.enable_serialization_as_tensor_content, threaded=True)
         self._grpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-grpc")

@@ -64,6 +64,12 @@ class OnnxServable(Servable):
         if options.inter_op_threads > 1:
             so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         so.log_severity_level = 3
+        if options.intra_op_threads == 0:
+            # Auto thread count: ORT's pool threads would spin-wait between runs, each burning a core
+            # that request threads, TLS and the other sessions need (for a small model the spinning
+            # costs more than the model). Sleeping threads wake in microseconds.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
@@ -75,16 +81,9 @@ class OnnxServable(Servable):
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
             output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
-        feed: dict[str, Any] = {}
-        for name, arr in inputs.items():
-            if name in self._string_inputs:
-                try:
-                    arr = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
-                                       otypes=[object])(arr)
-                except UnicodeDecodeError:
-                    raise ServingError(Code.INVALID_ARGUMENT,
-                                       f"input tensor alias {name}: ONNX string inputs must be UTF-8") from None
-            feed[name] = arr
+        feed: Mapping[str, Any] = inputs
+        if self._string_inputs:
+            feed = self._string_feed(inputs)
         try:
             values = self._session.run(list(output_aliases), feed)
         except Exception as exc:
@@ -100,6 +99,20 @@ class OnnxServable(Servable):
                 value = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(value)
             out[alias] = value
         return out
+
+    def _string_feed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """ONNX Runtime wants ``str`` elements in string tensors; TensorFlow's are ``bytes``."""
+        feed: dict[str, Any] = {}
+        for name, arr in inputs.items():
+            if name in self._string_inputs:
+                try:
+                    arr = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v,
+                                       otypes=[object])(arr)
+                except UnicodeDecodeError:
+                    raise ServingError(Code.INVALID_ARGUMENT,
+                                       f"input tensor alias {name}: ONNX string inputs must be UTF-8") from None
+            feed[name] = arr
+        return feed
 
     def close(self) -> None:
         self._session = None
