@@ -366,18 +366,26 @@ def _stop(st: _State) -> None:
 def _layout(st: _State) -> None:
     _say()
     _say(f"Everything the demo made is in {st.out}/:")
-    _say("  owner/plaintext/      the plaintext models (model owner only)")
-    _say("  owner/wrap_key        the 16-byte wrap key (0600)")
-    _say("  owner/ssl_configure/  CA, server and client certificates, ssl.cfg (plaintext, owner only)")
-    _say("  owner/broker_tls/     the key broker's TLS certificate and key")
-    _say("  owner/sim/            the simulation attestation key pair (teeserve sim init)")
-    _say("  owner/policy.toml     the key-release policy; owner/audit.db the broker's audit (hash chain)")
-    _say("  host/models/          the encrypted models, as uploaded to the TEE host")
-    _say("  host/ssl.cfg          the encrypted TLS configuration")
-    _say("  host/tampered-code/   the modified teeserve used to show a denial")
-    _say("  requester/samples/    real digit images for `teeserve client predict --image`")
-    _say("  requester/bench.png   latency over time and histogram of the benchmark")
-    _say("  logs/                 broker.log, server.log, server-tampered.log")
+    for rel, what in _LAYOUT:
+        if (st.out / rel).exists():
+            _say(f"  {rel:<20}  {what}")
+
+
+_LAYOUT = [
+    ("owner/plaintext/", "the plaintext models (model owner only)"),
+    ("owner/wrap_key", "the 16-byte wrap key (0600)"),
+    ("owner/ssl_configure/", "CA, server and client certificates, ssl.cfg (plaintext, owner only)"),
+    ("owner/broker_tls/", "the key broker's TLS certificate and key"),
+    ("owner/sim/", "the simulation attestation key pair (teeserve sim init)"),
+    ("owner/policy.toml", "the key-release policy"),
+    ("owner/audit.db", "the broker's audit log (hash chain: teeserve broker audit --audit ... --verify)"),
+    ("host/models/", "the encrypted models, as uploaded to the TEE host"),
+    ("host/ssl.cfg", "the encrypted TLS configuration"),
+    ("host/tampered-code/", "the modified teeserve used to show a denial"),
+    ("requester/samples/", "real digit images for `teeserve client predict --image`"),
+    ("requester/bench.png", "latency over time and histogram of the benchmark"),
+    ("logs/", "broker.log, server.log, server-tampered.log"),
+]
 
 
 STEPS: list[tuple[str, str, Callable[[_State], None]]] = [
