@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,34 @@ class _Window:
         return None if self.duration is None else self.start + self.duration
 
 
+class _Recorder:
+    """What every request leaves behind, for both protocols: latency, finish time, errors by status,
+    the first response, the progress line and the reference client's per-request line."""
+
+    def __init__(self, cfg: BenchConfig, window: _Window, progress: _Progress, verbose: bool) -> None:
+        self.cfg, self.window, self.progress, self.verbose = cfg, window, progress, verbose
+        self.channel = "secure" if cfg.tls.enabled else "insecure"
+        self.lat: list[float] = []
+        self.fin: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.first: dict[str, Any] | None = None
+
+    def record(self, task: int, loop_idx: int, status: str, start: float, end: float,
+               first: Callable[[], dict[str, Any]]) -> None:
+        ms = (end - start) * 1000
+        if status == "OK":
+            self.lat.append(ms)
+            self.fin.append(end - (self.window.start or start))
+            if self.first is None:
+                self.first = first()
+        else:
+            self.errors[status] += 1
+        self.progress.tick(status == "OK")
+        if self.verbose:
+            print(f"query: {self.channel} channel, task {task}, batch {self.cfg.batch}, loop_idx {loop_idx}, "
+                  f"latency(ms) {ms:.1f}, tps: {self.cfg.batch / (ms / 1000):.1f}", flush=False)
+
+
 async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, Any]) -> None:
     import grpc
 
@@ -145,16 +174,13 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
 
     verbose = cfg.verbose if cfg.verbose is not None else not sys.stdout.isatty()
     progress = _Progress(cfg.progress if cfg.progress is not None else sys.stderr.isatty())
-    chan_kind = "secure" if cfg.tls.enabled else "insecure"
     window = _Window(len(task_ids), cfg.duration)
-    lat: list[float] = []
-    fin: list[float] = []
-    errors: Counter[str] = Counter()
+    rec = _Recorder(cfg, window, progress, verbose)
 
     async def one_task(i: int) -> None:
         data = _make_input(cfg)
         if cfg.rest:
-            await _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, window)
+            await _rest_task(cfg, i, data, rec, window)
             return
         req = pb.PredictRequest()
         req.model_spec.name = cfg.model
@@ -171,7 +197,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
             j = 0
             while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
                 start = time.perf_counter()
-                status = "OK"
+                status, resp = "OK", None
                 for attempt in range(cfg.retries + 1):
                     try:
                         resp = await stub.Predict(req, timeout=cfg.timeout)
@@ -182,30 +208,22 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
                         if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == cfg.retries:
                             break
                         await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-                end = time.perf_counter()
-                ms = (end - start) * 1000
-                if status == "OK":
-                    lat.append(ms)
-                    fin.append(end - window.start)
-                    if out.get("first") is None:
-                        from google.protobuf import json_format
 
-                        out["first"] = json_format.MessageToDict(resp)
-                else:
-                    errors[status] += 1
-                progress.tick(status == "OK")
-                if verbose:
-                    print(f"query: {chan_kind} channel, task {i}, batch {cfg.batch}, loop_idx {j}, "
-                          f"latency(ms) {ms:.1f}, tps: {cfg.batch / (ms / 1000):.1f}", flush=False)
+                def first(resp: Any = resp) -> dict[str, Any]:
+                    from google.protobuf import json_format
+
+                    return json_format.MessageToDict(resp)
+
+                rec.record(i, j, status, start, time.perf_counter(), first)
                 j += 1
 
     await asyncio.gather(*(one_task(i) for i in task_ids))
     progress.close()
-    out.update(lat=lat, fin=fin, errors=dict(errors), start_wall=window.start_wall, end_wall=time.time(),
-               fin_offset=window.start_wall)
+    out.update(lat=rec.lat, fin=rec.fin, errors=dict(rec.errors), first=rec.first,
+               start_wall=window.start_wall, end_wall=time.time(), fin_offset=window.start_wall)
 
 
-async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, window) -> None:
+async def _rest_task(cfg: BenchConfig, i: int, data: np.ndarray, rec: _Recorder, window: _Window) -> None:
     import httpx
 
     from ._channel import rest_ssl_context
@@ -228,24 +246,13 @@ async def _rest_task(cfg, i, data, lat, fin, errors, progress, verbose, out, win
         j = 0
         while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
             start = time.perf_counter()
+            r = None
             try:
                 r = await client.post(url, content=body, headers=headers, extensions=ext)
                 status = "OK" if r.status_code == 200 else f"HTTP_{r.status_code}"
             except httpx.HTTPError as exc:
-                status, r = type(exc).__name__, None
-            end = time.perf_counter()
-            ms = (end - start) * 1000
-            if status == "OK":
-                lat.append(ms)
-                fin.append(end - window.start)
-                if out.get("first") is None and r is not None:
-                    out["first"] = r.json()
-            else:
-                errors[status] += 1
-            progress.tick(status == "OK")
-            if verbose:
-                print(f"query: {'secure' if cfg.tls.enabled else 'insecure'} channel, task {i}, batch {cfg.batch}, "
-                      f"loop_idx {j}, latency(ms) {ms:.1f}, tps: {cfg.batch / (ms / 1000):.1f}", flush=False)
+                status = type(exc).__name__
+            rec.record(i, j, status, start, time.perf_counter(), lambda r=r: r.json())
             j += 1
 
 
