@@ -268,12 +268,7 @@ class BrokerServer(ProvisionServer):
 
     # The two overrides below wrap ProvisionServer's per-session methods (no public hook exists yet).
     def _session(self, sock: Any, peer: tuple[str, int]) -> None:
-        import socket
-
-        try:  # the secret goes out in two small TLS records (as Gramine writes them): no Nagle delay
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        # (TCP_NODELAY is set by ProvisionServer._session itself.)
         m = self.broker.metrics
         if m is not None:
             m.active_connections.inc()
