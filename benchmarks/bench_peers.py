@@ -1,0 +1,895 @@
+#!/usr/bin/env python
+"""Peer benchmark (issue 3 §7): teeserve against KServe 0.21 and MLServer 1.7, side by side in one run.
+
+Goal: on the small digits model (the ONNX file of ``teeserve model make-demo``), batch 1, concurrency 16,
+same machine, same run: teeserve's gRPC requests/s >= 1.5x the best Python peer's (KServe's and
+MLServer's Open Inference Protocol v2 gRPC), teeserve's REST requests/s >= 1.5x KServe's V1 REST, and
+teeserve's p99 lower than theirs.
+
+How it is fair:
+- Same model file, same request: one real held-out digit (``samples/digit_7_0.png``), batch 1. gRPC
+  carries the same 256 tensor bytes to everyone (teeserve: TF Serving ``PredictRequest.tensor_content``;
+  peers: OIP ``ModelInferRequest.raw_input_contents``); REST sends the byte-identical JSON body
+  ``{"instances": [[[...8x8...]]]}`` to teeserve's and KServe's ``/v1/models/digits-onnx:predict``.
+  Every answer is checked (class 7) before the load starts.
+- Same inference: every server runs the ONNX file with onnxruntime on the CPU provider, with the same
+  intra-/inter-op thread counts (``--intra-op-threads``/``--inter-op-threads``, default 1/1) and
+  ``OMP_NUM_THREADS``; the peers' sessions are opened exactly as teeserve's backend opens its own
+  (``benchmarks/peers/_ort.py``).
+- Same deployment shape: each server is one process (KServe ``workers=1``; MLServer with
+  ``parallel_workers=0``, inference in the server process) bound to 127.0.0.1, plaintext (TLS cost is
+  bench_serving.py's), per-request logging off. MLServer's default, ``parallel_workers=1`` (a separate
+  inference process fed through a queue), is measured too, and the best peer row counts.
+- Same load: one load generator (``benchmarks/peers/loadgen.py``, its own venv) for every server,
+  separate processes (``--procs``, default 2) on the same cores as the server, closed loop, 16 clients,
+  each with its own connection, ``--warmup`` s not counted, then ``--duration`` s counted; it reports
+  its own CPU so that one can see it is not the bottleneck. All servers run for the whole benchmark;
+  the measurements alternate between them, in a rotated order each round, so that background load hits
+  everyone alike; per row the median round (by requests/s) is reported (``--pick quietest``: the round
+  with the least other work on the machine), and server CPU time per request (a figure that
+  background load disturbs less). Each row shows the CPU that other work on the machine used in its
+  window; rows where that exceeds 20% of a core are flagged as disturbed.
+
+The peers live in their own venvs (their pins conflict with teeserve's), made on first use by
+``benchmarks/peers/setup_peers.py`` under ``bench-out/peers/`` (pip, ~7 minutes the first time).
+
+Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
+        [--quick] [--servers teeserve,kserve,mlserver,mlserver-pw1]
+Prints the table and the ratios; writes results.json and peers.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "benchmarks" / "peers"
+sys.path.insert(0, str(PEERS))
+
+import setup_peers
+
+MODEL = "digits-onnx"
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+SERVERS = ("teeserve", "kserve", "mlserver", "mlserver-pw1")
+# Measured on this kind of machine when the issue was written (issue 3 §7), for orientation only.
+REFERENCE = {("KServe", "gRPC"): 1350.0, ("KServe", "REST"): 1550.0, ("MLServer", "gRPC"): 500.0}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, user+system CPU seconds) for every process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = v[3] + v[4]
+    return float(sum(v) - idle), float(sum(v))
+
+
+class ServerProc:
+    """A server started in its own session (so that its whole process group can be stopped)."""
+
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        ready_url: str,
+        cwd: Path | None = None,
+    ) -> None:
+        self.key, self.label, self.ready_url, self.log_path = key, label, ready_url, log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop(), after the server exits)
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT, start_new_session=True
+        )
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and all its descendants (MLServer's inference workers)."""
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        total, todo = 0.0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            if pid in table:
+                total += table[pid][1]
+            todo.extend(children.get(pid, ()))
+        return total
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.label} exited with {self.proc.returncode} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(
+            f"{self.label} not ready after {timeout:.0f} s ({self.ready_url}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever is left in its group (e.g. MLServer workers), by process-group id
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    model_dir: Path  # .../models/digits-onnx  (numbered versions inside)
+    onnx: Path  # .../models/digits-onnx/1/model.onnx
+    label: int  # the digit in the request
+    predict_bin: Path  # TF Serving PredictRequest
+    oip_bin: Path  # OIP ModelInferRequest
+    body_json: Path  # {"instances": ...}
+
+
+def prepare_inputs(out: Path, kserve_py: Path, sample: str) -> Inputs:
+    import numpy as np
+
+    from teeserve._proto import pb
+    from teeserve.models import digits_image_to_input
+    from teeserve.serving._tensors import ndarray_to_tensor_proto
+
+    models = out / "models"
+    onnx = models / MODEL / "1" / "model.onnx"
+    samples = out / "samples"
+    if not onnx.exists() or not (samples / sample).exists():
+        log("making the digits demo model (teeserve model make-demo, ~1 minute) ...")
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "teeserve",
+                "model",
+                "make-demo",
+                "-o",
+                str(models),
+                "--samples-out",
+                str(samples),
+                "--force",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0 or not onnx.exists():
+            raise SystemExit(f"teeserve model make-demo failed:\n{r.stdout}\n{r.stderr}")
+        # make-demo names the ONNX copy after --name + "-onnx": digits-onnx, the name served here
+    m = re.match(r"digit_(\d)_", sample)
+    if not m:
+        raise SystemExit(f"--sample {sample}: expected a name like digit_7_0.png")
+    x = np.asarray(digits_image_to_input(samples / sample), dtype=np.float32).reshape(1, 8, 8)
+    req = pb.PredictRequest()
+    req.model_spec.name = MODEL
+    req.model_spec.signature_name = "serving_default"
+    req.inputs["images"].CopyFrom(ndarray_to_tensor_proto(x))
+    predict_bin = out / "request-predict.bin"
+    predict_bin.write_bytes(req.SerializeToString())
+    body_json = out / "request-v1.json"
+    body_json.write_text(json.dumps({"instances": x.tolist()}, separators=(",", ":")))
+    npy = out / "request.npy"
+    np.save(npy, x)
+    oip_bin = out / "request-oip.bin"
+    subprocess.run(
+        [
+            str(kserve_py),
+            str(PEERS / "oip.py"),
+            "make",
+            "--input",
+            str(npy),
+            "--model",
+            MODEL,
+            "--out",
+            str(oip_bin),
+        ],
+        check=True,
+    )
+    assert req.inputs["images"].tensor_content == x.tobytes()
+    return Inputs(models / MODEL, onnx, int(m.group(1)), predict_bin, oip_bin, body_json)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    server: ServerProc
+    protocol: str  # "gRPC" | "REST"
+    wire: str  # what goes over the wire
+    kind: str  # loadgen --kind
+    target: str
+    method: str = ""
+    request: Path = Path()
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.server.label} {self.protocol}"
+
+
+def _env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(args.intra_op_threads),
+        PEER_INTRA_OP_THREADS=str(args.intra_op_threads),
+        PEER_INTER_OP_THREADS=str(args.inter_op_threads),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], logs: Path) -> list[Endpoint]:
+    eps: list[Endpoint] = []
+    started: list[ServerProc] = []
+    try:
+        if "teeserve" in args.servers:
+            g, r = free_port(), free_port()
+            s = ServerProc(
+                "teeserve",
+                "teeserve",
+                [
+                    sys.executable,
+                    "-m",
+                    "teeserve",
+                    "serve",
+                    f"--port={g}",
+                    f"--rest_api_port={r}",
+                    f"--model_name={MODEL}",
+                    f"--model_base_path={inp.model_dir}",
+                    "--host",
+                    "127.0.0.1",
+                    f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
+                    f"--tensorflow_inter_op_parallelism={args.inter_op_threads}",
+                    "--file_system_poll_wait_seconds=0",
+                    "--log-level=warning",
+                ],
+                _env(args),
+                logs / "teeserve.log",
+                f"http://127.0.0.1:{r}/v1/health/ready",
+            )
+            started.append(s)
+            eps += [
+                Endpoint(s, "gRPC", "TF Serving Predict", "grpc", f"127.0.0.1:{g}", PREDICT, inp.predict_bin),
+                Endpoint(
+                    s,
+                    "REST",
+                    "TF Serving REST :predict",
+                    "http",
+                    f"http://127.0.0.1:{r}/v1/models/{MODEL}:predict",
+                    request=inp.body_json,
+                ),
+            ]
+        if "kserve" in args.servers:
+            g, r = free_port(), free_port()
+            s = ServerProc(
+                "kserve",
+                "KServe 0.21",
+                [
+                    str(pys["kserve"]),
+                    str(PEERS / "kserve_onnx.py"),
+                    "--model_name",
+                    MODEL,
+                    "--model_path",
+                    str(inp.onnx),
+                    "--http_port",
+                    str(r),
+                    "--grpc_port",
+                    str(g),
+                ],
+                _env(args),
+                logs / "kserve.log",
+                f"http://127.0.0.1:{r}/v1/models/{MODEL}",
+            )
+            started.append(s)
+            eps += [
+                Endpoint(s, "gRPC", "OIP v2 ModelInfer", "grpc", f"127.0.0.1:{g}", MODEL_INFER, inp.oip_bin),
+                Endpoint(
+                    s,
+                    "REST",
+                    "KServe V1 REST :predict",
+                    "http",
+                    f"http://127.0.0.1:{r}/v1/models/{MODEL}:predict",
+                    request=inp.body_json,
+                ),
+            ]
+        for key, workers, label in (
+            ("mlserver", 0, "MLServer 1.7"),
+            ("mlserver-pw1", 1, "MLServer 1.7 (parallel_workers=1)"),
+        ):
+            if key not in args.servers:
+                continue
+            g, r, mport = free_port(), free_port(), free_port()
+            home = logs / key
+            (home / MODEL).mkdir(parents=True, exist_ok=True)
+            (home / "settings.json").write_text(
+                json.dumps(
+                    {
+                        "debug": False,
+                        "host": "127.0.0.1",
+                        "http_port": r,
+                        "grpc_port": g,
+                        "metrics_port": mport,
+                        "parallel_workers": workers,
+                        "metrics_dir": str(home / ".metrics"),
+                        "environments_dir": str(home / ".envs"),
+                    },
+                    indent=2,
+                )
+            )
+            (home / MODEL / "model-settings.json").write_text(
+                json.dumps(
+                    {
+                        "name": MODEL,
+                        "implementation": "mlserver_onnx.OnnxRuntime",
+                        "parameters": {"uri": str(inp.onnx)},
+                    },
+                    indent=2,
+                )
+            )
+            # the settings that keep it on loopback also go in the environment (MLSERVER_*), which
+            # MLServer reads as well, so that a settings file it did not find cannot widen them
+            env = _env(
+                args,
+                PYTHONPATH=str(PEERS),
+                MLSERVER_HOST="127.0.0.1",
+                MLSERVER_HTTP_PORT=str(r),
+                MLSERVER_GRPC_PORT=str(g),
+                MLSERVER_METRICS_PORT=str(mport),
+            )
+            s = ServerProc(
+                key,
+                label,
+                [str(pys["mlserver"].parent / "mlserver"), "start", str(home)],
+                env,
+                logs / f"{key}.log",
+                f"http://127.0.0.1:{r}/v2/models/{MODEL}/ready",
+                cwd=home,
+            )
+            started.append(s)
+            eps.append(
+                Endpoint(s, "gRPC", "OIP v2 ModelInfer", "grpc", f"127.0.0.1:{g}", MODEL_INFER, inp.oip_bin)
+            )
+        for s in started:
+            s.wait_ready(args.start_timeout)
+            log(
+                f"{s.label} ready (pid {s.proc.pid}, log {s.log_path.relative_to(ROOT) if s.log_path.is_relative_to(ROOT) else s.log_path})"
+            )
+    except BaseException:
+        for s in started:
+            s.stop()
+        raise
+    return eps
+
+
+def check_answers(eps: list[Endpoint], inp: Inputs, kserve_py: Path) -> None:
+    """Every endpoint must answer the request with the right digit before it is loaded."""
+    import grpc
+
+    from teeserve._proto import pb
+    from teeserve.serving._tensors import tensor_proto_to_ndarray
+
+    for ep in eps:
+        body = ep.request.read_bytes()
+        if ep.kind == "http":
+            req = urllib.request.Request(ep.target, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                got = json.loads(r.read())["predictions"][0]["classes"]
+        elif ep.method == PREDICT:
+            with grpc.insecure_channel(ep.target) as ch:
+                resp = pb.PredictResponse.FromString(ch.unary_unary(PREDICT)(body, timeout=30))
+            got = int(tensor_proto_to_ndarray(resp.outputs["classes"]).reshape(-1)[0])
+        else:
+            r = subprocess.run(
+                [
+                    str(kserve_py),
+                    str(PEERS / "oip.py"),
+                    "check",
+                    "--target",
+                    ep.target,
+                    "--request",
+                    str(ep.request),
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if r.returncode != 0:
+                raise RuntimeError(f"{ep.name}: check request failed:\n{r.stderr[-2000:]}")
+            classes = json.loads(r.stdout)["outputs"]["classes"]
+            while isinstance(classes, list):
+                classes = classes[0]
+            got = int(classes)
+        if got != inp.label:
+            raise RuntimeError(f"{ep.name}: answered class {got}, expected {inp.label}")
+        log(f"{ep.name} ({ep.wire}) answers {got}: ok")
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def wait_quiet(limit_s: float, threshold_pct: float = 15.0) -> float:
+    """Wait (at most ``limit_s``) until the machine is nearly idle over one second; return the seconds
+    waited. The benchmark shares the machine with whatever else runs on it."""
+    t_start = time.monotonic()
+    while True:
+        b0, t0 = machine_busy()
+        time.sleep(1.0)
+        b1, t1 = machine_busy()
+        busy = 100.0 * (b1 - b0) / max(t1 - t0, 1.0)
+        waited = time.monotonic() - t_start
+        if busy < threshold_pct or waited >= limit_s:
+            return waited
+
+
+def measure(
+    ep: Endpoint, args: argparse.Namespace, loadgen_py: Path, idle: list[ServerProc]
+) -> dict[str, Any]:
+    if args.wait_quiet > 0:
+        waited = wait_quiet(args.wait_quiet)
+        if waited > 1.5:
+            log(f"waited {waited:.0f} s for the machine to be quiet before {ep.name}")
+    t0 = time.time() + 0.2
+    argv = [
+        str(loadgen_py),
+        str(PEERS / "loadgen.py"),
+        "--kind",
+        ep.kind,
+        "--target",
+        ep.target,
+        "--request",
+        str(ep.request),
+        "--concurrency",
+        str(args.concurrency),
+        "--procs",
+        str(args.procs),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--startup",
+        str(args.startup),
+        "--t0",
+        repr(t0),
+        "--grpc-channels",
+        str(args.grpc_channels),
+        "--tool",
+        args.loadgen,
+    ]
+    if ep.method:
+        argv += ["--method", ep.method]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        t_measure = t0 + args.startup + args.warmup
+        time.sleep(max(0.0, t_measure - time.time()))
+        cpu_a, (busy_a, tot_a) = ep.server.cpu_seconds(), machine_busy()
+        idle_a = sum(s.cpu_seconds() for s in idle)
+        time.sleep(max(0.0, t_measure + args.duration - time.time()))
+        cpu_b, (busy_b, tot_b) = ep.server.cpu_seconds(), machine_busy()
+        idle_b = sum(s.cpu_seconds() for s in idle)
+        out, err = proc.communicate(timeout=args.startup + args.warmup + args.duration + 120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed on {ep.name}:\n{err[-3000:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["server_cpu_pct"] = 100.0 * (cpu_b - cpu_a) / args.duration
+    res["server_cpu_us_per_req"] = (
+        1e6 * (cpu_b - cpu_a) / res["requests"] if res["requests"] else float("nan")
+    )
+    res["machine_busy_pct"] = 100.0 * (busy_b - busy_a) / max(tot_b - tot_a, 1.0)
+    # CPU used by anything else on the machine in the window, in % of one core: other people's work
+    # makes the row unreliable, so it is shown next to it.
+    # The other servers of this benchmark idle meanwhile; their CPU is shown apart.
+    res["idle_servers_cpu_pct"] = 100.0 * (idle_b - idle_a) / args.duration
+    res["other_cpu_pct"] = max(
+        0.0,
+        res["machine_busy_pct"] * (os.cpu_count() or 1)
+        - res["server_cpu_pct"]
+        - sum(res["loadgen_cpu_pct_per_proc"])
+        - res["idle_servers_cpu_pct"],
+    )
+    res["server_alive"] = ep.server.proc.poll() is None
+    if not res["server_alive"]:
+        raise RuntimeError(
+            f"{ep.server.label} died during the run (exit status {ep.server.proc.returncode}); log:\n{ep.server.log_tail()}"
+        )
+    return res
+
+
+def pick_round(rounds: list[dict[str, Any]], how: str) -> dict[str, Any]:
+    """median: the median round by requests/s; quietest: the round in which other work on the machine
+    used the least CPU (for a shared, busy machine)."""
+    if how == "quietest":
+        return min(rounds, key=lambda r: r["other_cpu_pct"])
+    ordered = sorted(rounds, key=lambda r: r["rps"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
+    rows = []
+    for ep in sorted(eps, key=lambda e: e.protocol != "gRPC"):  # gRPC rows, then REST rows
+        m = pick_round(ep.rounds, how)
+        rows.append(
+            {
+                "server": ep.server.label,
+                "key": ep.server.key,
+                "protocol": ep.protocol,
+                "wire": ep.wire,
+                "rps": m["rps"],
+                "p50_ms": m["p50_ms"],
+                "p99_ms": m["p99_ms"],
+                "errors": None
+                if any(r["errors"] is None for r in ep.rounds)
+                else sum(r["errors"] for r in ep.rounds),
+                "server_cpu_us_per_req": statistics.median(r["server_cpu_us_per_req"] for r in ep.rounds),
+                "server_cpu_pct": m["server_cpu_pct"],
+                "machine_busy_pct": m["machine_busy_pct"],
+                "other_cpu_pct": m["other_cpu_pct"],
+                "idle_servers_cpu_pct": m["idle_servers_cpu_pct"],
+                "loadgen_cpu_pct_per_proc": m["loadgen_cpu_pct_per_proc"],
+                "loadgen_cpu_us_per_req": m["loadgen_cpu_us_per_req"],
+                "rps_rounds": [r["rps"] for r in ep.rounds],
+                "p99_rounds": [r["p99_ms"] for r in ep.rounds],
+            }
+        )
+    ratios: dict[str, Any] = {}
+    for proto, peer_filter, goal_name in (("gRPC", None, "grpc"), ("REST", "kserve", "rest")):
+        ours = next((r for r in rows if r["key"] == "teeserve" and r["protocol"] == proto), None)
+        peers = [
+            r
+            for r in rows
+            if r["key"] != "teeserve"
+            and r["protocol"] == proto
+            and (peer_filter is None or r["key"] == peer_filter)
+        ]
+        if not ours or not peers:
+            continue
+        best = max(peers, key=lambda r: r["rps"])
+        ratios[goal_name] = {
+            "teeserve_rps": ours["rps"],
+            "best_peer": f"{best['server']} {proto}",
+            "best_peer_rps": best["rps"],
+            "ratio": ours["rps"] / best["rps"] if best["rps"] else float("inf"),
+            "goal": 1.5,
+            "teeserve_p99_ms": ours["p99_ms"],
+            "max_peer_p99_ms": max(p["p99_ms"] for p in peers),
+            "min_peer_p99_ms": min(p["p99_ms"] for p in peers),
+            "p99_lower_than_every_peer": all(ours["p99_ms"] < p["p99_ms"] for p in peers),
+            "cpu_per_req_ratio": best["server_cpu_us_per_req"] / ours["server_cpu_us_per_req"]
+            if ours["server_cpu_us_per_req"]
+            else float("nan"),
+        }
+    return {"rows": rows, "ratios": ratios}
+
+
+def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    rows = summary["rows"]
+    print()
+    print(
+        f"Peer benchmark: {MODEL} (ONNX, batch 1), concurrency {args.concurrency}, {args.duration:g} s per "
+        f"measurement after {args.warmup:g} s warm-up, {args.rounds} round(s), "
+        f"load generator: {'loadgen.py (grpc.aio/aiohttp), ' + str(args.procs) + ' process(es)' if args.loadgen == 'python' else 'h2load, ' + str(args.procs) + ' thread(s)'}, intra/inter-op threads {args.intra_op_threads}/"
+        f"{args.inter_op_threads}, {os.cpu_count()} CPUs, plaintext, 127.0.0.1; rows show the "
+        f"{'median round by req/s' if args.pick == 'median' else 'quietest round'}"
+    )
+    print(f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}")
+    hdr = (
+        f"{'server':<36} {'protocol':<5} {'wire':<25} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'srv CPU us/req':>14} {'srv CPU%':>8} {'gen CPU%/proc':>13} {'other CPU%':>10}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        gen = "/".join(f"{x:.0f}" for x in r["loadgen_cpu_pct_per_proc"])
+        print(
+            f"{r['server']:<36} {r['protocol']:<5} {r['wire']:<25} {r['rps']:>8.0f} {r['p50_ms']:>7.2f} "
+            f"{r['p99_ms']:>7.2f} {'n/a' if r['errors'] is None else r['errors']:>6} {r['server_cpu_us_per_req']:>14.0f} "
+            f"{r['server_cpu_pct']:>8.0f} {gen:>13} {r['other_cpu_pct']:>10.0f}"
+        )
+    print(
+        "CPU columns in % of one core over the measured window: srv = the server's processes, gen = each "
+        "load-generator process, other = everything else on the machine (background noise; the benchmark's "
+        "idle servers used at most " + f"{max(r['idle_servers_cpu_pct'] for r in rows):.1f}%" + ")."
+    )
+    noisy = [r for r in rows if r["other_cpu_pct"] > 20.0]
+    if noisy:
+        print(
+            "WARNING: other work used > 20% of a core during "
+            + ", ".join(f"{r['server']} {r['protocol']} ({r['other_cpu_pct']:.0f}%)" for r in noisy)
+            + ": those rows are disturbed; rerun on a quiet machine."
+        )
+    if args.rounds > 1:
+        print(
+            "req/s per round: "
+            + "; ".join(
+                f"{r['server']} {r['protocol']}: " + ", ".join(f"{x:.0f}" for x in r["rps_rounds"])
+                for r in rows
+            )
+        )
+    print()
+    for key, title in (
+        ("grpc", "gRPC: teeserve / best Python peer"),
+        ("rest", "REST: teeserve / KServe V1 REST"),
+    ):
+        q = summary["ratios"].get(key)
+        if not q:
+            continue
+        print(
+            f"{title} ({q['best_peer']}): {q['teeserve_rps']:.0f} / {q['best_peer_rps']:.0f} = "
+            f"{q['ratio']:.2f}x (goal >= {q['goal']}x: {'MET' if q['ratio'] >= q['goal'] else 'NOT MET'}); "
+            f"p99 {q['teeserve_p99_ms']:.2f} ms vs peers' {q['min_peer_p99_ms']:.2f}..{q['max_peer_p99_ms']:.2f} ms: "
+            f"{'lower' if q['p99_lower_than_every_peer'] else 'NOT lower'}; server CPU per request, "
+            f"peer / teeserve = {q['cpu_per_req_ratio']:.2f}x"
+        )
+    alt = summary.get("alternative", {}).get("ratios", {})
+    if alt and args.rounds > 1:
+        print(
+            f"(with the {summary['alternative']['pick']} round of each row instead: "
+            + "; ".join(
+                f"{k} {q['ratio']:.2f}x, p99 {'lower' if q['p99_lower_than_every_peer'] else 'NOT lower'}"
+                for k, q in alt.items()
+            )
+            + ")"
+        )
+    print(
+        "(reference numbers of the issue, same kind of machine: KServe ~1,350 req/s gRPC, ~1,550 REST V1; "
+        "MLServer ~500 gRPC)"
+    )
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    labels = [f"{r['server'].replace(' (', chr(10) + '(')}\n{r['protocol']}" for r in rows]
+    colors = ["tab:green" if r["key"] == "teeserve" else "tab:gray" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, key, title in (
+        (axes[0], "rps", "requests/s (higher is better)"),
+        (axes[1], "p99_ms", "p99 latency, ms (lower is better)"),
+    ):
+        vals = [r[key] for r in rows]
+        bars = ax.bar(range(len(rows)), vals, color=colors)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_title(title)
+        for b, v in zip(bars, vals):
+            ax.annotate(
+                f"{v:.0f}" if key == "rps" else f"{v:.1f}",
+                (b.get_x() + b.get_width() / 2, v),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    fig.suptitle(f"{MODEL}, batch 1, concurrency 16, one process per server, same machine and run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+class _Deadline(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "peers-run")
+    ap.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS)
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=15.0, help="measured seconds per server and protocol")
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument(
+        "--startup", type=float, default=1.5, help="seconds for the generator to start and connect"
+    )
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    ap.add_argument(
+        "--loadgen",
+        choices=("python", "h2load"),
+        default="python",
+        help="python: loadgen.py's grpc.aio/aiohttp clients in --procs processes (default; checks "
+        "every gRPC status); h2load: nghttp2's h2load with --procs threads (apt-get install "
+        "nghttp2-client), ~5x less CPU per request but blind to gRPC statuses",
+    )
+    ap.add_argument(
+        "--grpc-channels",
+        type=int,
+        default=0,
+        help="gRPC connections per generator process; 0 = one per client (default), as the "
+        "reference benchmark client",
+    )
+    ap.add_argument("--intra-op-threads", type=int, default=1)
+    ap.add_argument("--inter-op-threads", type=int, default=1)
+    ap.add_argument("--sample", default="digit_7_0.png", help="the held-out digit sent in every request")
+    ap.add_argument("--start-timeout", type=float, default=120.0)
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=45.0,
+        help="give up (and stop everything) after this long, venv creation included",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each measurement, wait up to this many seconds for the machine to be "
+        "nearly idle (< 15%% busy); 0 = do not wait",
+    )
+    ap.add_argument(
+        "--pick",
+        choices=("median", "quietest"),
+        default="median",
+        help="which round a row shows: the median by requests/s (default), or the one with the "
+        "least other work on the machine (for a shared machine); results.json has both",
+    )
+    ap.add_argument("--quick", action="store_true", help="1 round of 5 s (a smoke run, not a result)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 5.0, 2.0
+    args.servers = [s for s in args.servers.split(",") if s]
+    bad = [s for s in args.servers if s not in SERVERS]
+    if bad:
+        ap.error(f"unknown server(s): {', '.join(bad)}")
+    if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1 or args.procs < 1:
+        ap.error("--rounds, --concurrency and --procs must be >= 1, --duration > 0")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        raise _Deadline(f"--max-minutes {args.max_minutes:g} exceeded")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(args.max_minutes * 60)))
+
+    args.out = args.out.resolve()  # servers run in other working directories
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    eps: list[Endpoint] = []
+    try:
+        # kserve's venv is always needed: it holds the OIP messages used to build and check requests
+        need = {"loadgen", "kserve"} | (
+            {"mlserver"} if any(s.startswith("mlserver") for s in args.servers) else set()
+        )
+        pys = {n: setup_peers.ensure(ROOT / "bench-out" / "peers", n) for n in sorted(need)}
+        inp = prepare_inputs(args.out, pys["kserve"], args.sample)
+        eps = start_servers(args, inp, pys, logs)
+        check_answers(eps, inp, pys["kserve"])
+        meta = {"loadavg_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
+        for rnd in range(args.rounds):
+            order = eps[rnd % len(eps) :] + eps[: rnd % len(eps)]
+            for ep in order:
+                idle = [s for s in {id(e.server): e.server for e in eps}.values() if s is not ep.server]
+                res = measure(ep, args, pys["loadgen"], idle)
+                ep.rounds.append(res)
+                log(
+                    f"round {rnd + 1}/{args.rounds} {ep.name:<42} {res['rps']:7.0f} req/s  p50 {res['p50_ms']:6.2f} ms"
+                    f"  p99 {res['p99_ms']:6.2f} ms  errors {'n/a' if res['errors'] is None else res['errors']}  server CPU {res['server_cpu_pct']:.0f}%"
+                    f"  generator CPU {'/'.join(f'{x:.0f}' for x in res['loadgen_cpu_pct_per_proc'])}%"
+                    f"  idle servers CPU {res['idle_servers_cpu_pct']:.0f}%  other CPU {res['other_cpu_pct']:.0f}%"
+                )
+        meta["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        check_answers(eps, inp, pys["kserve"])  # still serving, still right, after the load
+    except (KeyboardInterrupt, _Deadline) as exc:
+        log(f"stopped: {exc}")
+        return 130
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        signal.alarm(0)
+        for s in {id(ep.server): ep.server for ep in eps}.values():
+            s.stop()
+    summary = summarize(eps, args.pick)
+    summary["alternative"] = {
+        "pick": "quietest" if args.pick == "median" else "median",
+        **summarize(eps, "quietest" if args.pick == "median" else "median"),
+    }
+    summary["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    summary["meta"] = meta
+    summary["rounds"] = {ep.name: ep.rounds for ep in eps}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    print_report(summary, args, meta)
+    try:
+        plot(summary, args.out / "peers.png")
+        print(f"\nwrote {args.out / 'results.json'} and {args.out / 'peers.png'}")
+    except ImportError:
+        print(f"\nwrote {args.out / 'results.json'} (matplotlib missing: no plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
