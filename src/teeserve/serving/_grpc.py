@@ -456,19 +456,16 @@ class GrpcFrontEnd:
         return response
 
     async def classify(self, request: Any, context: Any) -> Any:
-        ref = _model_ref(request.model_spec)
-        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        name, version, result = await self.core.classify(ref, request.model_spec.signature_name, request.input)
-        response = pb.ClassificationResponse()
-        _set_spec(response.model_spec, name, version, signature)
-        response.result.CopyFrom(result)
-        return response
+        return await self._example_api(request, self.core.classify, pb.ClassificationResponse())
 
     async def regress(self, request: Any, context: Any) -> Any:
+        return await self._example_api(request, self.core.regress, pb.RegressionResponse())
+
+    async def _example_api(self, request: Any, run: Any, response: Any) -> Any:
+        """Classify and Regress: the same tf.Example request shape, one core call, one result field."""
         ref = _model_ref(request.model_spec)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        name, version, result = await self.core.regress(ref, request.model_spec.signature_name, request.input)
-        response = pb.RegressionResponse()
+        name, version, result = await run(ref, request.model_spec.signature_name, request.input)
         _set_spec(response.model_spec, name, version, signature)
         response.result.CopyFrom(result)
         return response
