@@ -213,6 +213,7 @@ class ServerOptions:
     path_map: tuple[tuple[str, str], ...] = ()
     require_encrypted: bool = False
     drain_timeout: float = 20.0
+    workers: int = 1
     log_format: str = "text"
     log_level: str = "info"
     # Attestation: obtain the keys from a key broker before anything is decrypted.
@@ -241,7 +242,8 @@ class ServerOptions:
         from dataclasses import asdict
 
         d = asdict(self)
-        for volatile in ("log_format", "log_level", "accepted_only", "key_broker_timeout"):
+        # --workers: how many processes serve the same configuration; it changes capacity, not behaviour.
+        for volatile in ("log_format", "log_level", "accepted_only", "key_broker_timeout", "workers"):
             d.pop(volatile, None)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
@@ -294,6 +296,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--drain-timeout", type=_float, default=20.0, metavar="SECONDS",
         help="on SIGTERM/SIGINT, stop accepting requests and give in-flight ones this long to finish "
         "before exiting (default: 20, inside Kubernetes' default 30 s grace period)",
+    )
+    own.add_argument(
+        "--workers", default="1", metavar="N|auto",
+        help="serving processes sharing the gRPC and REST ports (SO_REUSEPORT); one Python process runs "
+        "on one core at a time, so N > 1 uses more cores: keys are obtained once (one attestation) and "
+        "handed to the workers over a pipe; auto = the CPUs this process may use (default: 1)",
     )
     att = p.add_argument_group(
         "attestation",
@@ -395,6 +403,9 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
     drain = float(ns.drain_timeout)
     if not 0 <= drain <= 3600:
         raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain:g}")
+    workers = parse_workers(getattr(ns, "workers", "1"))
+    if workers > 1 and values["grpc_socket_path"]:
+        raise UsageError("--grpc_socket_path cannot be shared by several processes: use --workers 1 with it")
     key_broker = getattr(ns, "key_broker", "") or ""
     key_broker_ca = getattr(ns, "key_broker_ca", "") or ""
     if key_broker and not key_broker_ca:
@@ -416,11 +427,38 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         path_map=tuple(path_map),
         require_encrypted=bool(getattr(ns, "require_encrypted", False)),
         drain_timeout=drain,
+        workers=workers,
         log_format=ns.log_format,
         log_level=ns.log_level,
         accepted_only=tuple(accepted),
         **values,
     )
+
+
+#: More processes than this is a typo, not a plan.
+MAX_WORKERS = 256
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_workers(text: str | int) -> int:
+    """``--workers``: a positive count, or ``auto`` (:func:`usable_cpus`)."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        return usable_cpus()
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--workers: expected a positive number or 'auto', got {text!r}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {n}")
+    return n
 
 
 def parse_serve_args(argv: list[str]) -> ServerOptions:

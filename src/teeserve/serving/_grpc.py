@@ -85,13 +85,16 @@ _SIGNATURE_DEF_MAP = "tensorflow.serving.SignatureDefMap"
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 
 
-def server_options(extra: tuple[tuple[str, Any], ...] = ()) -> list[tuple[str, Any]]:
-    """gRPC server arguments: TF Serving's message-size limits, then ``--grpc_channel_arguments``."""
+def server_options(extra: tuple[tuple[str, Any], ...] = (), *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """gRPC server arguments: TF Serving's message-size limits, then ``--grpc_channel_arguments``.
+
+    ``reuse_port``: share the port with the other ``--workers`` (SO_REUSEPORT, the kernel spreads the
+    connections); otherwise one listener per port, so another process cannot share it by accident.
+    """
     opts: dict[str, Any] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_LENGTH,
         "grpc.max_send_message_length": MAX_MESSAGE_LENGTH,
-        # One listener per port: another process must not share our port by accident.
-        "grpc.so_reuseport": 0,
+        "grpc.so_reuseport": 1 if reuse_port else 0,
     }
     opts.update(dict(extra))
     return list(opts.items())

@@ -22,6 +22,12 @@ teeserve's own metrics follow Prometheus conventions (seconds, ``_total`` counte
 ``teeserve_request_duration_seconds{model_name,api,protocol}``, plus runtime, load and batching
 histograms, and ``process_start_time_seconds`` from the default process collector (on Linux).
 
+With ``--workers N`` every worker process records into prometheus-client's multiprocess files (the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a private 0700 directory before it starts them) and a
+scrape, whichever worker answers it, renders all workers together: counters and histograms summed,
+TF's counter-like gauges summed (``multiprocess_mode="sum"``). The per-process ``process_*`` metrics
+are left out then (each would describe only the worker that answered).
+
 Labels carry model names, model paths, API names and status codes only: never tensor contents,
 request bodies or key material. Callers that see names from the network (the front ends) must only
 pass names of models the server knows (see :data:`UNKNOWN_MODEL`), so a client cannot grow the label
@@ -30,6 +36,7 @@ set without bound.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -77,7 +84,9 @@ class Metrics:
         self._runtime_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        if process_collector:
+        #: Several worker processes share these metrics through files (see the module docstring).
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if process_collector and not self.multiprocess:
             # process_start_time_seconds, process_cpu_seconds_total, ... (Linux /proc only).
             ProcessCollector(registry=r)
 
@@ -87,6 +96,7 @@ class Metrics:
             "The total number of requests.",
             ["model_name", "status"],
             registry=r,
+            multiprocess_mode="sum",
         )
         self.tf_request_latency = Histogram(
             ":tensorflow:serving:request_latency",
@@ -107,12 +117,14 @@ class Metrics:
             "The number of times a SavedModel was attempted to be loaded.",
             ["model_path", "status"],
             registry=r,
+            multiprocess_mode="sum",
         )
         self.tf_load_latency = Gauge(
             ":tensorflow:cc:saved_model:load_latency",
             "Latency in microseconds for SavedModels that were successfully loaded.",
             ["model_path"],
             registry=r,
+            multiprocess_mode="sum",
         )
         self.tf_batch_queuing_latency = Histogram(
             ":tensorflow:serving:batching_session:queuing_latency",
@@ -147,6 +159,7 @@ class Metrics:
             "The number of batched session runs.",
             ["model_name"],
             registry=r,
+            multiprocess_mode="sum",
         )
 
         # --- teeserve's own ---------------------------------------------------------------------
@@ -252,6 +265,12 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition (format 0.0.4) and its content type."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_PLAIN_0_0_4
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
 

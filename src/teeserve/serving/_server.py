@@ -35,12 +35,16 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import TeeserveError, UsageError
 from ._flags import ServerOptions
 
-__all__ = ["ModelServer", "ServeError", "TlsSetup", "configure_logging", "measurement", "resolve_tee", "run", "serve"]
+__all__ = [
+    "ModelServer", "ServeError", "TlsSetup", "configure_logging", "measurement", "resolve_tee", "run", "serve",
+    "serve_server",
+]
 
 log = logging.getLogger("teeserve.serving.server")
 
@@ -119,13 +123,32 @@ class TlsSetup:
 
 
 class ModelServer:
-    """One ``teeserve serve`` process (see the module docstring for the steps)."""
+    """One ``teeserve serve`` process (see the module docstring for the steps).
 
-    def __init__(self, options: ServerOptions) -> None:
+    As one of several ``--workers`` (``teeserve.serving._workers``): ``keys`` are the keys the
+    supervisor obtained (no attestation here), ``reuse_port`` shares the ports with the other workers,
+    ``on_reload`` is told the serialized ``ModelServerConfig`` of every HandleReloadConfigRequest this
+    process applied (so that the others apply it too) and ``on_up`` is called once the initial model
+    load has finished.
+    """
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        keys: dict[str, bytes] | None = None,
+        reuse_port: bool = False,
+        on_reload: Callable[[bytes], None] | None = None,
+        on_up: Callable[[], None] | None = None,
+    ) -> None:
         from ._secrets import KeyRing
 
         self.options = options
         self.keyring = KeyRing()
+        self._given_keys = keys
+        self._reuse_port = reuse_port
+        self._on_reload = on_reload
+        self._on_up = on_up
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
@@ -149,6 +172,10 @@ class ModelServer:
         key broker by remote attestation (``--key-broker``, or Gramine's ``SECRET_PROVISION_*``
         variables). While the broker is unreachable the attempt is retried with backoff until
         ``--key-broker-timeout``; a denial is final and stops the server (non-zero exit)."""
+        if self._given_keys is not None:  # a worker: the supervisor attested and handed them over
+            for name, key in self._given_keys.items():
+                self.keyring.set(name, key)
+            return
         if self.options.wrap_key_file:
             try:
                 self.keyring.load_key_file(self.options.wrap_key_file)
@@ -269,9 +296,11 @@ class ModelServer:
 
         threads = o.grpc_max_threads or 2 * (os.cpu_count() or 1)
         self.grpc_front = GrpcFrontEnd(self.core, max_concurrent=o.grpc_max_threads,
-                                       tensor_content=o.enable_serialization_as_tensor_content, threaded=True)
+                                       tensor_content=o.enable_serialization_as_tensor_content, threaded=True,
+                                       reload_config=self._reload_and_relay if self._on_reload else None)
         self._grpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-grpc")
-        server = grpc.server(self._grpc_pool, options=server_options(o.grpc_channel_arguments))
+        server = grpc.server(self._grpc_pool,
+                             options=server_options(o.grpc_channel_arguments, reuse_port=self._reuse_port))
         self.grpc_front.add_to_threaded_server(server, asyncio.get_running_loop())
         addresses = []
         if o.port:
@@ -317,6 +346,7 @@ class ModelServer:
                 num_threads=o.rest_api_num_threads,
                 monitoring_path=self.monitoring_path(),
                 enable_cors=o.rest_api_enable_cors_support,
+                reuse_port=self._reuse_port,
             )
         except OSError as exc:
             raise ServeError(f"cannot listen for REST on {o.host}:{o.rest_api_port}: {exc.strerror or exc}") from None
@@ -385,6 +415,32 @@ class ModelServer:
                       ", ".join(missing), extra={"seconds": round(time.perf_counter() - t0, 3)})
         else:
             log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 3)})
+        if self._on_up is not None:
+            self._on_up()
+
+    async def _reload_and_relay(self, config: Any) -> None:
+        """HandleReloadConfigRequest on one of several workers: apply it here, then have the
+        supervisor pass it to the other workers (a config that was applied, even in part)."""
+        from ._types import Code, ServingError
+
+        assert self._on_reload is not None
+        try:
+            await self.core.reload_config(config)
+        except ServingError as exc:
+            if exc.code == Code.FAILED_PRECONDITION:  # applied, except for a label (see reload_config)
+                self._on_reload(config.SerializeToString())
+            raise
+        self._on_reload(config.SerializeToString())
+
+    async def apply_relayed_reload(self, data: bytes) -> None:
+        """A HandleReloadConfigRequest that another worker received and applied."""
+        from .._proto import pb
+
+        try:
+            await self.core.reload_config(pb.ModelServerConfig.FromString(data))
+            log.info("model config reloaded (relayed from another worker)")
+        except Exception as exc:
+            log.error("relayed model config reload failed: %s", exc)
 
     async def _watch_readiness(self) -> None:
         ready = False
@@ -458,9 +514,14 @@ class ModelServer:
 
 async def serve(options: ServerOptions) -> int:
     """Run a server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
-    server = ModelServer(options)
+    return await serve_server(ModelServer(options))
+
+
+async def serve_server(server: ModelServer, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """:func:`serve` for a server already made (a ``--workers`` worker makes its own and listens to
+    SIGTERM only: its supervisor decides what a terminal's SIGINT means)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals:
         loop.add_signal_handler(sig, server.on_signal, sig)
     try:
         try:
@@ -471,7 +532,7 @@ async def serve(options: ServerOptions) -> int:
         await server.wait()
         await server.drain()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
     if server.forced:
         # Inference threads cannot be interrupted, and the interpreter would wait for them at exit:
@@ -515,4 +576,8 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
         print(value)
         return 0
     configure_logging(options.log_format, options.log_level)
+    if options.workers > 1:
+        from ._workers import run_workers
+
+        return run_workers(options)
     return asyncio.run(serve(options))

@@ -399,6 +399,7 @@ async def start_rest_server(
     enable_cors: bool = False,
     offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    reuse_port: bool = False,
 ) -> RestServer:
     """Start the REST API on ``host:port`` (port 0 picks a free port; see ``RestServer.port``).
 
@@ -414,6 +415,7 @@ async def start_rest_server(
         enable_cors: ``--rest_api_enable_cors_support`` headers.
         idle_timeout: seconds after which an idle keep-alive connection, or a request whose headers
             and body have not fully arrived, is closed (0 = never).
+        reuse_port: share the port with the other ``--workers`` processes (SO_REUSEPORT).
     """
     threads = num_threads if num_threads and num_threads > 0 else 4 * (os.cpu_count() or 1)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-rest")
@@ -438,6 +440,7 @@ async def start_rest_server(
             ssl=ssl_context,
             ssl_handshake_timeout=10.0 if ssl_context is not None else None,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=1024,
         )
     except BaseException:

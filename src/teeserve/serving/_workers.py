@@ -1,0 +1,413 @@
+"""``teeserve serve --workers N``: one supervisor, N serving processes on the same ports.
+
+Why: one CPython process executes Python on one core at a time (the GIL), and for small models the
+per-request work of gRPC and HTTP is Python work, so one process tops out at about one core however
+many the host has. TensorFlow Serving uses every core; ``--workers`` is how teeserve does.
+
+The **supervisor** (this module, the process ``teeserve serve`` started):
+
+1. obtains the keys once (``--wrap-key`` and/or remote attestation to the key broker: one attestation,
+   one audit entry, however many workers);
+2. reserves the gRPC and REST ports with ``SO_REUSEPORT`` (a bound socket that never listens, so a
+   port already taken fails before any worker starts);
+3. makes a private 0700 directory for the workers' shared Prometheus metrics
+   (``PROMETHEUS_MULTIPROC_DIR``), removed at exit;
+4. starts N workers (multiprocessing's *spawn*: fresh interpreters, no state forked from the
+   supervisor) and hands each its options and the keys over its pipe: never a file, the command line
+   or the environment;
+5. then supervises: a worker that dies after it was up is restarted (1 s, doubling to 30 s);
+   a worker that fails while starting (bad TLS material, a port it cannot bind, model loading that
+   raised) stops them all and the supervisor exits with that worker's status and message, as a single
+   process would; a HandleReloadConfigRequest that one worker applied is relayed to the others;
+6. on SIGTERM/SIGINT it passes SIGTERM to every worker, which drains as a single server does, and exits
+   0 when all did (a second signal is passed on too: the workers then stop at once).
+
+Each **worker** is an ordinary :class:`~teeserve.serving._server.ModelServer` given the keys, with
+``reuse_port`` so the kernel spreads new connections over the workers. Workers ignore SIGINT (a
+terminal's Ctrl-C reaches the whole process group; the supervisor decides) and stop when the
+supervisor's end of the pipe closes, so none outlives it.
+
+What differs from one process: each worker loads its own copy of the models (memory × N), and state
+is per worker: GetModelStatus and readiness describe the worker that answered (they converge, as each
+applies the same config), the config file is polled by each worker. Metrics are merged across workers.
+With ``--tensorflow_intra_op_parallelism`` unset (0: the runtime's default of every core), each worker
+gets ``max(1, CPUs // N)`` intra-op threads so N workers do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .._errors import TeeserveError
+from ._flags import ServerOptions, usable_cpus
+
+__all__ = ["run_workers", "WorkerFailed"]
+
+log = logging.getLogger("teeserve.serving.workers")
+
+#: Restart back-off for a worker that died after it was up.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+#: Beyond --drain-timeout, how long the supervisor waits before it kills a worker that did not exit.
+KILL_GRACE_S = 10.0
+
+
+class WorkerFailed(TeeserveError):
+    """A worker could not start; carries that worker's exit status and message."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- the supervisor -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Worker:
+    index: int
+    process: Any = None
+    conn: Connection | None = None
+    up: bool = False
+    restarts: int = 0
+    restart_at: float | None = None
+
+
+def run_workers(options: ServerOptions) -> int:
+    """Run ``options.workers`` serving processes until SIGTERM/SIGINT; returns the exit status."""
+    import asyncio
+
+    from ._server import ModelServer
+
+    keyring_owner = ModelServer(options)
+    asyncio.run(keyring_owner.obtain_keys())
+    ring = keyring_owner.keyring
+    keys = {name: ring.get(name) for name in ring.names()}
+    with contextlib.ExitStack() as stack:
+        worker_options, reserved = _reserve_ports(options)
+        for sock in reserved:
+            stack.callback(sock.close)
+        metrics_dir = tempfile.mkdtemp(prefix="teeserve-metrics-")  # 0700
+        stack.callback(shutil.rmtree, metrics_dir, True)
+        worker_options = _share_cores(worker_options)
+        return _Supervisor(worker_options, keys, metrics_dir).run()
+
+
+def _reserve_ports(options: ServerOptions) -> tuple[ServerOptions, list[socket.socket]]:
+    """Bind (never listen) each TCP port with SO_REUSEPORT: a port in use fails here, before any
+    worker starts, and the numbers stay ours while workers restart."""
+    reserved: list[socket.socket] = []
+    try:
+        for field, what in (("port", "gRPC"), ("rest_api_port", "REST")):
+            port = getattr(options, field)
+            if port:  # 0 = that API is off (tensorflow_model_server's meaning)
+                reserved.append(_reserve(options.host, port, what))
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
+    return options, reserved
+
+
+def _reserve(host: str, port: int, what: str) -> socket.socket:
+    from ._server import ServeError
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _share_cores(options: ServerOptions) -> ServerOptions:
+    if options.tensorflow_intra_op_parallelism:
+        return options
+    threads = max(1, usable_cpus() // options.workers)
+    log.info("each worker uses %d intra-op thread(s) (--tensorflow_intra_op_parallelism unset)", threads,
+             extra={"workers": options.workers, "intra_op_threads": threads})
+    return dataclasses.replace(options, tensorflow_intra_op_parallelism=threads)
+
+
+class _Supervisor:
+    def __init__(self, options: ServerOptions, keys: dict[str, bytes], metrics_dir: str) -> None:
+        self.options = options
+        self.keys = keys
+        self.metrics_dir = metrics_dir
+        self.ctx = mp.get_context("spawn")
+        self.workers = [_Worker(i + 1) for i in range(options.workers)]
+        self.signals = 0
+        self.failure: WorkerFailed | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._announced = False
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # inherited by the spawned workers
+            log.info("starting %d workers", len(self.workers),
+                     extra={"workers": len(self.workers), "grpc_port": self.options.port,
+                            "rest_api_port": self.options.rest_api_port})
+            for w in self.workers:
+                self._start(w)
+            self._loop()
+        finally:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            self._stop_all()
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self._wake_r.close()
+            self._wake_w.close()
+        if self.failure is not None:
+            raise self.failure
+        bad = [w.index for w in self.workers if w.process is not None and w.process.exitcode not in (0, None)]
+        if bad:
+            log.warning("workers %s did not exit cleanly", bad)
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        # The work happens in _loop (woken through the wakeup fd): a handler only counts.
+
+    def _start(self, w: _Worker) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(target=worker_main, args=(child, w.index), name=f"teeserve-worker-{w.index}",
+                                   daemon=False)
+        process.start()
+        child.close()
+        parent.send(("start", self.options, self.keys))
+        w.process, w.conn, w.up, w.restart_at = process, parent, False, None
+        log.info("worker %d started", w.index, extra={"worker": w.index, "pid": process.pid})
+
+    def _loop(self) -> None:
+        handled = 0
+        while True:
+            if self.signals > handled:
+                first = handled == 0
+                handled = self.signals
+                self._forward(first)
+                return
+            if self.failure is not None:
+                return
+            now = time.monotonic()
+            for w in self.workers:
+                if w.restart_at is not None and now >= w.restart_at:
+                    self._start(w)
+            waits: list[Any] = [self._wake_r]
+            for w in self.workers:
+                if w.restart_at is None and w.process is not None:
+                    waits.append(w.process.sentinel)
+                    if w.conn is not None:
+                        waits.append(w.conn)
+            pending = [w.restart_at - now for w in self.workers if w.restart_at is not None]
+            timeout = max(0.0, min(pending)) if pending else None
+            for ready in wait(waits, timeout):
+                if ready is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                    continue
+                for w in self.workers:
+                    if ready is w.conn:
+                        self._message(w)
+                    elif w.process is not None and ready == w.process.sentinel:
+                        self._exited(w)
+
+    def _message(self, w: _Worker) -> None:
+        assert w.conn is not None
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            w.conn.close()
+            w.conn = None  # the process is exiting: its sentinel tells the rest
+            return
+        kind = msg[0]
+        if kind == "up":
+            w.up = True
+            if all(x.up for x in self.workers) and not self._announced:
+                self._announced = True
+                log.info("all %d workers up", len(self.workers), extra={"workers": len(self.workers)})
+        elif kind == "reload":
+            for other in self.workers:
+                if other is not w and other.conn is not None and other.up:
+                    with contextlib.suppress(OSError):
+                        other.conn.send(("reload", msg[1]))
+        elif kind == "fatal":
+            if not w.up and self.failure is None:
+                self.failure = WorkerFailed(msg[2], msg[1])
+
+    def _exited(self, w: _Worker) -> None:
+        assert w.process is not None
+        w.process.join()
+        code = w.process.exitcode
+        if w.conn is not None:  # a last message (fatal) may still be in the pipe
+            while w.conn is not None and w.conn.poll():
+                self._message(w)
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+        if not w.up:
+            if self.failure is None:
+                self.failure = WorkerFailed(f"worker {w.index} exited with status {code} while starting",
+                                            code if isinstance(code, int) and code > 0 else 1)
+            return
+        w.restarts += 1
+        delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
+        log.error("worker %d exited unexpectedly (status %s); restarting it in %gs", w.index, code, delay,
+                  extra={"worker": w.index, "exit_status": code, "restarts": w.restarts})
+        w.up = False
+        w.restart_at = time.monotonic() + delay
+
+    def _forward(self, first: bool) -> None:
+        """Pass the first signal on as SIGTERM (drain), and any later one too (stop now)."""
+        log.info("signal received: draining %d workers (up to %gs)", len(self.workers), self.options.drain_timeout)
+        self._signal_all()
+        deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE_S
+        handled = self.signals
+        while any(w.process is not None and w.process.exitcode is None for w in self.workers):
+            if self.signals > handled:
+                handled = self.signals
+                log.warning("signal received again: workers stop now")
+                self._signal_all()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sentinels = [w.process.sentinel for w in self.workers if w.process is not None and w.process.exitcode is None]
+            wait([*sentinels, self._wake_r], min(left, 1.0))
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+
+    def _signal_all(self) -> None:
+        for w in self.workers:
+            if w.process is not None and w.process.exitcode is None and w.process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.process.pid, signal.SIGTERM)
+
+    def _stop_all(self) -> None:
+        """At exit, whatever the reason: SIGTERM every worker still running, then SIGKILL stragglers."""
+        running = [w for w in self.workers if w.process is not None and w.process.exitcode is None]
+        for w in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE_S
+        for w in running:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                log.warning("worker %d did not stop in time: killed", w.index)
+                w.process.kill()
+                w.process.join()
+        for w in self.workers:
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+
+
+# --- a worker -------------------------------------------------------------------------------------
+
+
+class _WorkerField(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def worker_main(conn: Connection, index: int) -> None:
+    """The entry point of a worker process (spawned by the supervisor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ._server import configure_logging
+
+    try:
+        kind, options, keys = conn.recv()
+    except (EOFError, OSError):
+        os._exit(1)
+    assert kind == "start"
+    configure_logging(options.log_format, options.log_level)
+    for name in ("teeserve", "grpc"):  # the loggers configure_logging routes
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_WorkerField(index))
+    sender = _Sender(conn)
+    code = 0
+    try:
+        import asyncio
+
+        code = asyncio.run(_serve(options, keys, conn, sender))
+    except TeeserveError as exc:
+        sender.send(("fatal", exc.exit_code, str(exc)))
+        code = exc.exit_code
+    except BaseException as exc:  # a bug: the supervisor reports it, the log keeps the traceback
+        log.exception("worker %d failed", index)
+        sender.send(("fatal", 70, f"internal error in worker {index}: {type(exc).__name__}: {exc}"))
+        code = 70
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
+    logging.shutdown()
+    os._exit(code)  # worker threads (inference, gRPC) are done or abandoned by the drain: leave now
+
+
+class _Sender:
+    """Thread-safe sends to the supervisor (gRPC threads relay reloads, the loop says "up")."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self._conn.send(msg)
+
+
+async def _serve(options: ServerOptions, keys: dict[str, bytes], conn: Connection, sender: _Sender) -> int:
+    import asyncio
+
+    from ._server import ModelServer, serve_server
+
+    loop = asyncio.get_running_loop()
+    server = ModelServer(options, keys=keys, reuse_port=True,
+                         on_reload=lambda data: sender.send(("reload", data)),
+                         on_up=lambda: sender.send(("up",)))
+
+    def listen() -> None:
+        """Relayed reloads; EOF = the supervisor is gone, so stop (no orphaned workers)."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                loop.call_soon_threadsafe(server.request_stop)
+                return
+            if msg[0] == "reload":
+                asyncio.run_coroutine_threadsafe(server.apply_relayed_reload(msg[1]), loop)
+
+    threading.Thread(target=listen, name="teeserve-supervisor-pipe", daemon=True).start()
+    return await serve_server(server, signals=(signal.SIGTERM,))
