@@ -10,14 +10,16 @@ The recipes a caller needs (the rest lives in ``_`` modules)::
 
 Sub-packages owned elsewhere: ``attest.ratls`` (RA-TLS certificates) and ``attest.evidence``
 (evidence providers). ``attest.sim`` is the simulated TEE. Errors: see ``_errors``.
+
+Imports are lazy (PEP 562): the errors load with the package, every other name (and ``sim``) on
+first use, so an attesting server that needs only ``ratls`` and ``evidence`` does not load the
+verifier's policy loader, DCAP, PCCS client and describers.
 """
 
 from __future__ import annotations
 
-from . import sim
-from ._collateral import Collateral, CollateralSource, DictCollateralSource, FileCollateralSource
-from ._dcap import verify_dcap
-from ._describe import describe_quote, describe_verdict, describe_verified, format_quote
+import typing as _typing  # aliased: the public names are exactly __all__
+
 from ._errors import (
     AttestError,
     CollateralError,
@@ -37,32 +39,58 @@ from ._errors import (
     UnsupportedQuoteVersion,
     UntrustedSimulationKey,
 )
-from ._pccs import CachingCollateralSource, PccsClient
-from ._policy import (
-    Policy,
-    SecretPolicy,
-    SgxIdentity,
-    TdxIdentity,
-    Verdict,
-    encode_secret,
-    evaluate,
-    read_secret,
-)
-from ._policy_load import load_policy, parse_policy, parse_ra_config
-from ._quote import (
-    CertificationData,
-    Quote,
-    QuoteHeader,
-    SgxFlags,
-    SgxReportBody,
-    SignatureData,
-    TdAttributes,
-    TdReport,
-    decode_quote_bytes,
-    parse_quote,
-)
-from ._verified import TeeKind, VerifiedQuote
-from ._verify import verify_evidence
+
+if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and editors
+    from . import sim
+    from ._collateral import Collateral, CollateralSource, DictCollateralSource, FileCollateralSource
+    from ._dcap import verify_dcap
+    from ._describe import describe_quote, describe_verdict, describe_verified, format_quote
+    from ._pccs import CachingCollateralSource, PccsClient
+    from ._policy import (
+        Policy,
+        SecretPolicy,
+        SgxIdentity,
+        TdxIdentity,
+        Verdict,
+        encode_secret,
+        evaluate,
+        read_secret,
+    )
+    from ._policy_load import load_policy, parse_policy, parse_ra_config
+    from ._quote import (
+        CertificationData,
+        Quote,
+        QuoteHeader,
+        SgxFlags,
+        SgxReportBody,
+        SignatureData,
+        TdAttributes,
+        TdReport,
+        decode_quote_bytes,
+        parse_quote,
+    )
+    from ._verified import TeeKind, VerifiedQuote
+    from ._verify import verify_evidence
+
+#: name -> the module that defines it, imported on first access (see ``__getattr__``); ``sim`` is
+#: the sub-module itself
+_LAZY: dict[str, str] = {
+    name: module
+    for module, names in {
+        "_collateral": ("Collateral", "CollateralSource", "DictCollateralSource", "FileCollateralSource"),
+        "_dcap": ("verify_dcap",),
+        "_describe": ("describe_quote", "describe_verdict", "describe_verified", "format_quote"),
+        "_pccs": ("CachingCollateralSource", "PccsClient"),
+        "_policy": ("Policy", "SecretPolicy", "SgxIdentity", "TdxIdentity", "Verdict", "encode_secret",
+            "evaluate", "read_secret"),
+        "_policy_load": ("load_policy", "parse_policy", "parse_ra_config"),
+        "_quote": ("CertificationData", "Quote", "QuoteHeader", "SgxFlags", "SgxReportBody",
+            "SignatureData", "TdAttributes", "TdReport", "decode_quote_bytes", "parse_quote"),
+        "_verified": ("TeeKind", "VerifiedQuote"),
+        "_verify": ("verify_evidence",),
+    }.items()
+    for name in names
+}
 
 __all__ = [
     "AttestError",
@@ -119,3 +147,20 @@ __all__ = [
     "verify_dcap",
     "verify_evidence",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the module that defines ``name`` on first access, then keep the name here."""
+    if name == "sim":
+        return __import__("sim", globals(), None, ("sim",), 1)  # binds the sub-module here too
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
+    value = getattr(__import__(module, globals(), None, (name,), 1), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -15,13 +15,16 @@ TEE side::
 ``decide_certificate`` / ``decide_quote`` are the broker's decision function without sockets.
 The wire extension for named secrets, the audit and the metrics are described in ``docs/broker.md``.
 Errors: see ``_errors``.
+
+Imports are lazy (PEP 562): the errors load with the package, every other name on first use, so
+``teeserve serve`` (which needs only ``obtain_secrets``) does not load the broker's audit (SQLite),
+metrics, policy loader or pyOpenSSL server.
 """
 
 from __future__ import annotations
 
-from ._audit import GENESIS, AuditChainBroken, AuditLog, AuditRecord
-from ._broker import BrokerServer, KeyBroker, LockedCollateralSource, MultiCollateralSource
-from ._decide import CATEGORIES, Decision, decide_certificate, decide_quote, judge
+import typing as _typing  # aliased: the public names are exactly __all__
+
 from ._errors import (
     BrokerConfigError,
     BrokerError,
@@ -29,11 +32,40 @@ from ._errors import (
     ExtensionProtocolError,
     KeyReleaseDenied,
 )
-from ._extension import EXT_REQUEST_MAGIC, RequestParser, ResponseParser, encode_request, encode_response
-from ._metrics import BrokerMetrics
-from ._obtain import obtain_from_env, obtain_secrets
-from ._policy_state import DEFAULT_SECRET, PolicyHolder, validate_policy
-from ._ratelimit import RateLimiter
+
+if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and editors
+    from ._audit import GENESIS, AuditChainBroken, AuditLog, AuditRecord
+    from ._broker import BrokerServer, KeyBroker, LockedCollateralSource, MultiCollateralSource
+    from ._decide import CATEGORIES, Decision, decide_certificate, decide_quote, judge
+    from ._extension import (
+        DEFAULT_SECRET,
+        EXT_REQUEST_MAGIC,
+        RequestParser,
+        ResponseParser,
+        encode_request,
+        encode_response,
+    )
+    from ._metrics import BrokerMetrics
+    from ._obtain import obtain_from_env, obtain_secrets
+    from ._policy_state import PolicyHolder, validate_policy
+    from ._ratelimit import RateLimiter
+
+#: name -> the module that defines it, imported on first access (see ``__getattr__``)
+_LAZY: dict[str, str] = {
+    name: module
+    for module, names in {
+        "_audit": ("GENESIS", "AuditChainBroken", "AuditLog", "AuditRecord"),
+        "_broker": ("BrokerServer", "KeyBroker", "LockedCollateralSource", "MultiCollateralSource"),
+        "_decide": ("CATEGORIES", "Decision", "decide_certificate", "decide_quote", "judge"),
+        "_extension": ("DEFAULT_SECRET", "EXT_REQUEST_MAGIC", "RequestParser", "ResponseParser",
+            "encode_request", "encode_response"),
+        "_metrics": ("BrokerMetrics",),
+        "_obtain": ("obtain_from_env", "obtain_secrets"),
+        "_policy_state": ("PolicyHolder", "validate_policy"),
+        "_ratelimit": ("RateLimiter",),
+    }.items()
+    for name in names
+}
 
 __all__ = [
     "CATEGORIES",
@@ -67,3 +99,18 @@ __all__ = [
     "obtain_secrets",
     "validate_policy",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the module that defines ``name`` on first access, then keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
+    value = getattr(__import__(module, globals(), None, (name,), 1), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,6 +21,7 @@ from ..provision import RESPONSE_MAGIC
 from ._errors import ExtensionProtocolError
 
 __all__ = [
+    "DEFAULT_SECRET",
     "EXT_REQUEST_MAGIC",
     "MAX_NAME_LENGTH",
     "MAX_EXT_SECRET_SIZE",
@@ -30,6 +31,9 @@ __all__ = [
     "ResponseParser",
 ]
 
+#: the secret every session gets first (Gramine's SECRET_PROVISION_SET_KEY=default; ra_config.json's name);
+#: the named-secret extension asks for the others
+DEFAULT_SECRET = "default"
 EXT_REQUEST_MAGIC = b"TEESERVE_SECRET_REQUEST_V1\0"
 MAX_NAME_LENGTH = 64
 #: the largest secret a client accepts in an extension response

@@ -26,8 +26,7 @@ from .._errors import UsageError
 from ..attest import ratls
 from ..attest.evidence import get_provider
 from ._errors import BrokerUnreachable, ExtensionProtocolError, KeyReleaseDenied
-from ._extension import ResponseParser, encode_request
-from ._policy_state import DEFAULT_SECRET
+from ._extension import DEFAULT_SECRET, ResponseParser, encode_request
 
 __all__ = ["obtain_secrets", "obtain_from_env"]
 

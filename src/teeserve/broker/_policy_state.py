@@ -18,13 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..attest import Policy, PolicyInvalid, load_policy, read_secret
+from ._extension import DEFAULT_SECRET
 
 __all__ = ["PolicyHolder", "DEFAULT_SECRET", "validate_policy"]
 
 log = logging.getLogger("teeserve.broker")
-
-#: the secret every session gets first (Gramine's SECRET_PROVISION_SET_KEY=default; ra_config.json's name)
-DEFAULT_SECRET = "default"
 
 
 def validate_policy(policy: Policy, *, default_secret: str, have_collateral: bool) -> None:

@@ -6,29 +6,15 @@
 - :class:`ProvisionServer`: the verifier side (pyOpenSSL, requires the client's RA-TLS certificate and
   hands it to an ``authorize`` callback), the base of the key broker;
 - :func:`encode_secret` / :func:`decode_secret`: raw 16-byte keys (Gramine ≥ 1.3) or hex + NUL (≤ 1.2).
+
+Imports are lazy (PEP 562): the errors load with the package, every other name on first use, so
+the enclave side (``fetch_secret``, ``open_session``) does not load the verifier's pyOpenSSL server.
 """
 
 from __future__ import annotations
 
-from ._client import (
-    DEFAULT_TIMEOUT,
-    ProvisionClient,
-    ProvisionSession,
-    client_context,
-    client_from_env,
-    fetch_secret,
-    open_session,
-    write_key_to_gramine,
-)
-from ._connection import (
-    DEFAULT_MAX_SECRET_SIZE,
-    MAX_SECRET_SIZE,
-    NEED_DATA,
-    REQUEST_MAGIC,
-    RESPONSE_HEADER_SIZE,
-    RESPONSE_MAGIC,
-    Connection,
-)
+import typing as _typing  # aliased: the public names are exactly __all__
+
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
@@ -41,11 +27,49 @@ from ._errors import (
     SecretFormatError,
     ServerListError,
 )
-from ._events import ConnectionClosed, Data, Event, SecretRequest, SecretResponse
-from ._secret import KEY_SIZE, SECRET_FORMATS, decode_secret, encode_secret
-from ._server import DEFAULT_PORT, Authorize, ProvisionServer, ServerSession, server_context
-from ._servers import DEFAULT_SERVERS, parse_servers
-from ._state import Role, State
+
+if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and editors
+    from ._client import (
+        DEFAULT_TIMEOUT,
+        ProvisionClient,
+        ProvisionSession,
+        client_context,
+        client_from_env,
+        fetch_secret,
+        open_session,
+        write_key_to_gramine,
+    )
+    from ._connection import (
+        DEFAULT_MAX_SECRET_SIZE,
+        MAX_SECRET_SIZE,
+        NEED_DATA,
+        REQUEST_MAGIC,
+        RESPONSE_HEADER_SIZE,
+        RESPONSE_MAGIC,
+        Connection,
+    )
+    from ._events import ConnectionClosed, Data, Event, SecretRequest, SecretResponse
+    from ._secret import KEY_SIZE, SECRET_FORMATS, decode_secret, encode_secret
+    from ._server import DEFAULT_PORT, Authorize, ProvisionServer, ServerSession, server_context
+    from ._servers import DEFAULT_SERVERS, parse_servers
+    from ._state import Role, State
+
+#: name -> the module that defines it, imported on first access (see ``__getattr__``)
+_LAZY: dict[str, str] = {
+    name: module
+    for module, names in {
+        "_client": ("DEFAULT_TIMEOUT", "ProvisionClient", "ProvisionSession", "client_context",
+            "client_from_env", "fetch_secret", "open_session", "write_key_to_gramine"),
+        "_connection": ("DEFAULT_MAX_SECRET_SIZE", "MAX_SECRET_SIZE", "NEED_DATA", "REQUEST_MAGIC",
+            "RESPONSE_HEADER_SIZE", "RESPONSE_MAGIC", "Connection"),
+        "_events": ("ConnectionClosed", "Data", "Event", "SecretRequest", "SecretResponse"),
+        "_secret": ("KEY_SIZE", "SECRET_FORMATS", "decode_secret", "encode_secret"),
+        "_server": ("DEFAULT_PORT", "Authorize", "ProvisionServer", "ServerSession", "server_context"),
+        "_servers": ("DEFAULT_SERVERS", "parse_servers"),
+        "_state": ("Role", "State"),
+    }.items()
+    for name in names
+}
 
 __all__ = [
     "DEFAULT_MAX_SECRET_SIZE",
@@ -92,3 +116,18 @@ __all__ = [
     "server_context",
     "write_key_to_gramine",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the module that defines ``name`` on first access, then keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
+    value = getattr(__import__(module, globals(), None, (name,), 1), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
