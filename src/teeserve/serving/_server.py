@@ -162,6 +162,8 @@ class ModelServer:
         #: Why the server stopped on its own (initial model loading failed), if it did.
         self.failure: BaseException | None = None
         self._loaded = False
+        #: Wakes the readiness watcher at once when the initial load ends (no polling delay at start).
+        self._load_done = asyncio.Event()
         #: The drain ran out of time with inference still running in worker threads.
         self.forced = False
 
@@ -408,6 +410,7 @@ class ModelServer:
             self.request_stop()
             return
         self._loaded = True
+        self._load_done.set()
         missing = [n for n in self.core.model_names() if not self.core.available_versions(n)]
         if missing:
             log.error("initial load finished but no version is available for: %s (see GetModelStatus "
@@ -456,7 +459,11 @@ class ModelServer:
                 if self.grpc_front is not None:
                     await self.grpc_front.set_ready(ready)
                 log.info("ready" if ready else "not ready", extra={"ready": ready})
-            await asyncio.sleep(0.1 if not ready else 0.5)
+            if not self._load_done.is_set():
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self._load_done.wait(), 0.5)
+            else:
+                await asyncio.sleep(0.1 if not ready else 0.5)
 
     def request_stop(self) -> None:
         self._stop.set()
