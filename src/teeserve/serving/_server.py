@@ -128,8 +128,9 @@ class ModelServer:
     As one of several ``--workers`` (``teeserve.serving._workers``): ``keys`` are the keys the
     supervisor obtained (no attestation here), ``reuse_port`` shares the ports with the other workers,
     ``on_reload`` is told the serialized ``ModelServerConfig`` of every HandleReloadConfigRequest this
-    process applied (so that the others apply it too) and ``on_up`` is called once the initial model
-    load has finished.
+    process applied (so that the others apply it too), ``initial_reload`` is the last such config (a
+    restarted worker applies it before it serves) and ``on_up`` is called once it serves. A worker
+    loads its models *before* it listens (the other workers answer meanwhile).
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class ModelServer:
         reuse_port: bool = False,
         on_reload: Callable[[bytes], None] | None = None,
         on_up: Callable[[], None] | None = None,
+        initial_reload: bytes | None = None,
     ) -> None:
         from ._secrets import KeyRing
 
@@ -149,6 +151,8 @@ class ModelServer:
         self._reuse_port = reuse_port
         self._on_reload = on_reload
         self._on_up = on_up
+        self._initial_reload = initial_reload
+        self._core_started = asyncio.Event()
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
@@ -394,9 +398,28 @@ class ModelServer:
         await self.obtain_keys()
         self.tls = self.load_tls()
         self.core = self.make_core()
-        await self.start_grpc()
-        await self.start_rest()
-        self._tasks.append(asyncio.create_task(self._load_models(t0), name="teeserve-load"))
+        if self._reuse_port:
+            # One of several workers: join the shared ports only once the models are in (and the
+            # latest relayed config applied), or the kernel would hand this worker connections it
+            # can only answer with NOT_FOUND while the others serve.
+            try:
+                await self.core.start()
+            except TeeserveError:
+                raise
+            except Exception as exc:
+                raise ServeError(f"model loading failed: {exc}") from exc
+            if self._initial_reload is not None:
+                await self.apply_relayed_reload(self._initial_reload, started=True)
+            self._core_started.set()
+            self._after_load(t0)
+            await self.start_grpc()
+            await self.start_rest()
+            if self._on_up is not None:
+                self._on_up()
+        else:
+            await self.start_grpc()
+            await self.start_rest()
+            self._tasks.append(asyncio.create_task(self._load_models(t0), name="teeserve-load"))
         self._tasks.append(asyncio.create_task(self._watch_readiness(), name="teeserve-readiness"))
 
     async def _load_models(self, t0: float) -> None:
@@ -409,6 +432,10 @@ class ModelServer:
             self.failure = exc
             self.request_stop()
             return
+        self._core_started.set()
+        self._after_load(t0)
+
+    def _after_load(self, t0: float) -> None:
         self._loaded = True
         self._load_done.set()
         missing = [n for n in self.core.model_names() if not self.core.available_versions(n)]
@@ -418,8 +445,6 @@ class ModelServer:
                       ", ".join(missing), extra={"seconds": round(time.perf_counter() - t0, 3)})
         else:
             log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 3)})
-        if self._on_up is not None:
-            self._on_up()
 
     async def _reload_and_relay(self, config: Any) -> None:
         """HandleReloadConfigRequest on one of several workers: apply it here, then have the
@@ -435,10 +460,13 @@ class ModelServer:
             raise
         self._on_reload(config.SerializeToString())
 
-    async def apply_relayed_reload(self, data: bytes) -> None:
-        """A HandleReloadConfigRequest that another worker received and applied."""
+    async def apply_relayed_reload(self, data: bytes, *, started: bool = False) -> None:
+        """A HandleReloadConfigRequest that another worker received and applied (waits until this
+        worker's core has started, so one relayed during its start-up is applied right after it)."""
         from .._proto import pb
 
+        if not started:
+            await self._core_started.wait()
         try:
             await self.core.reload_config(pb.ModelServerConfig.FromString(data))
             log.info("model config reloaded (relayed from another worker)")

@@ -15,15 +15,18 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
 4. starts N workers (multiprocessing's *spawn*: fresh interpreters, no state forked from the
    supervisor) and hands each its options and the keys over its pipe: never a file, the command line
    or the environment;
-5. then supervises: a worker that dies after it was up is restarted (1 s, doubling to 30 s);
-   a worker that fails while starting (bad TLS material, a port it cannot bind, model loading that
-   raised) stops them all and the supervisor exits with that worker's status and message, as a single
-   process would; a HandleReloadConfigRequest that one worker applied is relayed to the others;
+5. then supervises: a worker that dies after it was up is restarted (1 s, doubling to 30 s, back to
+   1 s after a minute of good service; a restart that fails is retried the same way); a worker that
+   fails at the first start (bad TLS material, a port it cannot bind, model loading that raised) stops
+   them all and the supervisor exits with that worker's status and message, as a single process
+   would; a HandleReloadConfigRequest that one worker applied is relayed to the others, and the
+   latest one is handed to every worker that (re)starts, so the workers do not drift apart;
 6. on SIGTERM/SIGINT it passes SIGTERM to every worker, which drains as a single server does, and exits
    0 when all did (a second signal is passed on too: the workers then stop at once).
 
 Each **worker** is an ordinary :class:`~teeserve.serving._server.ModelServer` given the keys, with
-``reuse_port`` so the kernel spreads new connections over the workers. Workers ignore SIGINT (a
+``reuse_port`` so the kernel spreads new connections over the workers; it loads its models before it
+listens, so no connection reaches a worker that cannot answer yet. Workers ignore SIGINT (a
 terminal's Ctrl-C reaches the whole process group; the supervisor decides) and stop when the
 supervisor's end of the pipe closes, so none outlives it.
 
@@ -62,6 +65,8 @@ RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 30.0
 #: Beyond --drain-timeout, how long the supervisor waits before it kills a worker that did not exit.
 KILL_GRACE_S = 10.0
+#: A worker up this long before it died restarts with the first back-off again.
+STABLE_S = 60.0
 
 
 class WorkerFailed(TeeserveError):
@@ -81,6 +86,7 @@ class _Worker:
     process: Any = None
     conn: Connection | None = None
     up: bool = False
+    up_since: float = 0.0
     restarts: int = 0
     restart_at: float | None = None
 
@@ -129,14 +135,20 @@ def _reserve(host: str, port: int, what: str) -> socket.socket:
     except socket.gaierror as exc:
         raise ServeError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+    # First without SO_REUSEPORT: that bind fails if anyone holds the port, even a listener that
+    # would itself accept sharing it (another server with SO_REUSEPORT must not get half our clients).
+    for reuse_port in (False, True):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ServeError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+        if not reuse_port:
+            sock.close()
     return sock
 
 
@@ -162,6 +174,8 @@ class _Supervisor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._announced = False
+        #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
+        self.last_reload: bytes | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -203,7 +217,7 @@ class _Supervisor:
                                    daemon=False)
         process.start()
         child.close()
-        parent.send(("start", self.options, self.keys))
+        parent.send(("start", self.options, self.keys, self.last_reload))
         w.process, w.conn, w.up, w.restart_at = process, parent, False, None
         log.info("worker %d started", w.index, extra={"worker": w.index, "pid": process.pid})
 
@@ -251,16 +265,18 @@ class _Supervisor:
         kind = msg[0]
         if kind == "up":
             w.up = True
+            w.up_since = time.monotonic()
             if all(x.up for x in self.workers) and not self._announced:
                 self._announced = True
                 log.info("all %d workers up", len(self.workers), extra={"workers": len(self.workers)})
         elif kind == "reload":
-            for other in self.workers:
-                if other is not w and other.conn is not None and other.up:
+            self.last_reload = msg[1]
+            for other in self.workers:  # starting ones too: they apply it once their core has started
+                if other is not w and other.conn is not None:
                     with contextlib.suppress(OSError):
                         other.conn.send(("reload", msg[1]))
         elif kind == "fatal":
-            if not w.up and self.failure is None:
+            if not w.up and w.restarts == 0 and self.failure is None:
                 self.failure = WorkerFailed(msg[2], msg[1])
 
     def _exited(self, w: _Worker) -> None:
@@ -273,14 +289,17 @@ class _Supervisor:
             if w.conn is not None:
                 w.conn.close()
                 w.conn = None
-        if not w.up:
+        if not w.up and w.restarts == 0:  # the first start failed: the whole server fails
             if self.failure is None:
                 self.failure = WorkerFailed(f"worker {w.index} exited with status {code} while starting",
                                             code if isinstance(code, int) and code > 0 else 1)
             return
+        if w.up and time.monotonic() - w.up_since > STABLE_S:
+            w.restarts = 0  # it had been serving a good while: this is a fresh failure, not a loop
         w.restarts += 1
         delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
-        log.error("worker %d exited unexpectedly (status %s); restarting it in %gs", w.index, code, delay,
+        what = "exited unexpectedly" if w.up else "failed to restart"
+        log.error("worker %d %s (status %s); restarting it in %gs", w.index, what, code, delay,
                   extra={"worker": w.index, "exit_status": code, "restarts": w.restarts})
         w.up = False
         w.restart_at = time.monotonic() + delay
@@ -342,13 +361,24 @@ class _WorkerField(logging.Filter):
         return True
 
 
+class _StopBeforeServing(Exception):
+    """SIGTERM arrived before the server installed its own handler: leave quietly (status 0)."""
+
+
+def _early_sigterm(signum: int, frame: Any) -> None:
+    raise _StopBeforeServing()
+
+
 def worker_main(conn: Connection, index: int) -> None:
     """The entry point of a worker process (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ._server import configure_logging
-
+    signal.signal(signal.SIGTERM, _early_sigterm)  # until serve_server handles it on the loop
     try:
-        kind, options, keys = conn.recv()
+        from ._server import configure_logging
+
+        kind, options, keys, initial_reload = conn.recv()
+    except _StopBeforeServing:
+        os._exit(0)
     except (EOFError, OSError):
         os._exit(1)
     assert kind == "start"
@@ -361,7 +391,9 @@ def worker_main(conn: Connection, index: int) -> None:
     try:
         import asyncio
 
-        code = asyncio.run(_serve(options, keys, conn, sender))
+        code = asyncio.run(_serve(options, keys, initial_reload, conn, sender))
+    except _StopBeforeServing:
+        code = 0
     except TeeserveError as exc:
         sender.send(("fatal", exc.exit_code, str(exc)))
         code = exc.exit_code
@@ -388,7 +420,8 @@ class _Sender:
             self._conn.send(msg)
 
 
-async def _serve(options: ServerOptions, keys: dict[str, bytes], conn: Connection, sender: _Sender) -> int:
+async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload: bytes | None, conn: Connection,
+                 sender: _Sender) -> int:
     import asyncio
 
     from ._server import ModelServer, serve_server
@@ -396,7 +429,7 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], conn: Connectio
     loop = asyncio.get_running_loop()
     server = ModelServer(options, keys=keys, reuse_port=True,
                          on_reload=lambda data: sender.send(("reload", data)),
-                         on_up=lambda: sender.send(("up",)))
+                         on_up=lambda: sender.send(("up",)), initial_reload=initial_reload)
 
     def listen() -> None:
         """Relayed reloads; EOF = the supervisor is gone, so stop (no orphaned workers)."""

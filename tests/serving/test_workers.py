@@ -1,0 +1,673 @@
+"""``teeserve serve --workers N``: one supervisor, N serving processes sharing the ports (SO_REUSEPORT).
+
+Real processes on 127.0.0.1 (``python -m teeserve serve``, started by ``test_server.ServerProcess``), the
+official ``tensorflow_serving.apis`` stubs and plain HTTP. Which worker answered is told apart through
+the workers' own Prometheus multiprocess files (``counter_<pid>.db`` in the private metrics directory,
+read here one file at a time with prometheus-client's ``MultiProcessCollector``): each request counted
+there was counted by the process with that pid, so "every worker answers" is checked, not assumed.
+Every test opens a new connection per request (a gRPC channel with its own subchannel pool, a new
+HTTP client), because the kernel spreads *connections*, not requests, over the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from teeserve._errors import UsageError
+from teeserve.serving._flags import parse_serve_args, usable_cpus
+
+# The real-process helpers of the single-process server tests (same folder).
+from test_server import ServerProcess, _slow_request, free_port, steps_for, write_slow_model
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+WORKER_STARTED = "worker {} started"
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def fresh_channel(port: int) -> grpc.Channel:
+    """A channel that opens its own TCP connection (gRPC shares subchannels between channels by default)."""
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def digits_request(images: np.ndarray, name: str = "digits") -> predict_pb2.PredictRequest:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = name
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+    return req
+
+
+def predict_fresh(port: int, images: np.ndarray, name: str = "digits") -> predict_pb2.PredictResponse:
+    with fresh_channel(port) as ch:
+        return prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(images, name),
+                                                                             timeout=30)
+
+
+def model_state_fresh(port: int, name: str) -> int:
+    req = get_model_status_pb2.GetModelStatusRequest()
+    req.model_spec.name = name
+    with fresh_channel(port) as ch:
+        [mvs] = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(req, timeout=30).model_version_status
+    return int(mvs.state)
+
+
+def rest_predict_fresh(rest_port: int, images: np.ndarray) -> dict[str, Any]:
+    with httpx.Client() as client:  # one client per request: a new connection each time
+        r = client.post(f"http://127.0.0.1:{rest_port}/v1/models/digits:predict",
+                        json={"instances": images.tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def records(server: ServerProcess) -> list[dict[str, Any]]:
+    """The JSON log lines (supervisor and workers write to the same stderr)."""
+    out = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line still being written
+                pass
+    return out
+
+
+def worker_pids(recs: list[dict[str, Any]]) -> dict[int, int]:
+    """index -> pid of the latest start of each worker (the supervisor's "worker N started" lines)."""
+    pids: dict[int, int] = {}
+    for rec in recs:
+        if rec.get("logger") == "teeserve.serving.workers" and rec["message"] == WORKER_STARTED.format(rec.get("worker")):
+            pids[int(rec["worker"])] = int(rec["pid"])
+    return pids
+
+
+def wait_for(check: Callable[[], Any], what: str, server: ServerProcess | None = None, timeout: float = 60) -> Any:
+    """Poll ``check`` until it returns something truthy (returned); fail with the server log otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if server is not None and server.proc.poll() is not None:
+            raise AssertionError(f"server exited ({server.proc.returncode}) while waiting for {what}:\n{server.log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f":\n{server.log()}" if server else ""))
+        time.sleep(0.1)
+
+
+def ready_indices(recs: list[dict[str, Any]]) -> set[int]:
+    return {int(r["worker"]) for r in recs if r["message"] == "ready" and "worker" in r}
+
+
+def restarted(s: ServerProcess, index: int, old_pid: int) -> int | None:
+    """The pid of worker ``index`` once it runs under a pid other than ``old_pid`` and that process has
+    logged "ready"; None before."""
+    recs = records(s)
+    pid = worker_pids(recs).get(index)
+    if pid in (None, old_pid):
+        return None
+    started_at = max(i for i, r in enumerate(recs) if r["message"] == WORKER_STARTED.format(index))
+    return pid if any(r["message"] == "ready" and r.get("worker") == index for r in recs[started_at:]) else None
+
+
+def wait_restarted(s: ServerProcess, index: int, old_pid: int) -> int:
+    return wait_for(lambda: restarted(s, index, old_pid), f"worker {index} restarted and ready", s, timeout=60)
+
+
+def proc_identity(pid: int) -> tuple[int, int] | None:
+    """(pid, start time in clock ticks) of a live, non-zombie process; None when it is gone.
+    The start time tells a reused pid from the original process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return pid, int(fields[19])
+
+
+def children_of(ppid: int) -> set[tuple[int, int]]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == ppid and fields[0] not in ("Z", "X"):
+            found.add((int(entry), int(fields[19])))
+    return found
+
+
+def still_running(procs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    return {p for p in procs if proc_identity(p[0]) == p}
+
+
+def per_worker_requests(metrics_dir: Path, model: str = "digits") -> dict[int, dict[str, float]]:
+    """pid -> {protocol: Predict requests of ``model``} as recorded in that process's own counter file."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    out: dict[int, dict[str, float]] = {}
+    for f in sorted(metrics_dir.glob("counter_*.db")):
+        pid = int(f.stem.split("_")[-1])
+        with tempfile.TemporaryDirectory() as one:
+            shutil.copy(f, one)  # this file alone: the collector then reports this process only
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=one)
+            counts: dict[str, float] = {}
+            for family in registry.collect():
+                for s in family.samples:
+                    if (s.name == "teeserve_requests_total" and s.labels.get("model_name") == model
+                            and s.labels.get("api") == "Predict"):
+                        counts[s.labels["protocol"]] = counts.get(s.labels["protocol"], 0.0) + s.value
+        out[pid] = counts
+    return out
+
+
+def scrape(rest_port: int, path: str = "/metrics") -> dict[str, float]:
+    """One scrape on a new connection: Predict totals for "digits" in TF's and teeserve's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client() as client:
+        text = client.get(f"http://127.0.0.1:{rest_port}{path}", timeout=30).text
+    tf_count = ts_count = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == ":tensorflow:serving:request_count" and s.labels.get("model_name") == "digits":
+                tf_count += s.value
+            elif (s.name == "teeserve_requests_total" and s.labels.get("model_name") == "digits"
+                  and s.labels.get("api") == "Predict"):
+                ts_count += s.value
+    return {"tf": tf_count, "teeserve": ts_count}
+
+
+@pytest.fixture()
+def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of the test's own, inherited by the server: its private metrics directory lands there."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    return d
+
+
+def metrics_dirs(tmpdir: Path) -> list[Path]:
+    return sorted(tmpdir.glob("teeserve-metrics-*"))
+
+
+@pytest.fixture()
+def start(tmp_path: Path, tmpdir_env: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """start(*serve_args, workers=2, rest=True) -> a server whose every worker is up and ready."""
+    started: list[ServerProcess] = []
+
+    def go(*args: str, workers: int = 2, rest: bool = True) -> ServerProcess:
+        s = ServerProcess(tmp_path, f"--workers={workers}", "--log-format=json", *args, rest=rest, wait_ready=False)
+        started.append(s)  # stopped at teardown even when it never gets ready
+        s.wait_ready()
+        wait_for(lambda: any(r["message"] == f"all {workers} workers up" for r in records(s)), "all workers up", s)
+        wait_for(lambda: ready_indices(records(s)) == set(range(1, workers + 1)), "every worker ready", s)
+        return s
+
+    yield go
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("slow-workers") / "slow"
+    write_slow_model(base / "1")
+    return base
+
+
+@pytest.fixture()
+def monitoring_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "monitoring.config"
+    cfg.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    return cfg
+
+
+def images_for(i: int) -> np.ndarray:
+    return np.random.default_rng(i).random((2, 8, 8), dtype=np.float32)
+
+
+# --- 1. two workers serve, and both of them answer ------------------------------------------------
+
+
+def test_two_workers_serve_grpc_and_rest_and_both_answer(start: Callable[..., ServerProcess], onnx_model_dir: Path,
+                                                         tmpdir_env: Path, digits_reference: Any) -> None:
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}")
+    recs = records(s)
+    pids = worker_pids(recs)
+    assert sorted(pids) == [1, 2] and len(set(pids.values())) == 2, pids
+    assert s.proc.pid not in pids.values()  # the workers are processes of their own
+    assert ready_indices(recs) == {1, 2}
+
+    n_grpc, n_rest = 30, 20
+    for i in range(n_grpc):
+        images = images_for(i)
+        resp = predict_fresh(s.port, images)
+        want = digits_reference(images)
+        np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]), want["probabilities"], rtol=1e-5,
+                                   atol=1e-6)
+        assert tf.make_ndarray(resp.outputs["classes"]).tolist() == want["classes"].tolist()
+        assert (resp.model_spec.name, resp.model_spec.version.value) == ("digits", 1)
+    for i in range(n_rest):
+        images = images_for(100 + i)
+        got = rest_predict_fresh(s.rest_port, images)["predictions"]
+        want = digits_reference(images)
+        assert [p["classes"] for p in got] == want["classes"].tolist()
+        np.testing.assert_allclose([p["probabilities"] for p in got], want["probabilities"], rtol=1e-5, atol=1e-6)
+
+    [mdir] = metrics_dirs(tmpdir_env)
+
+    def all_counted() -> dict[int, dict[str, float]] | None:
+        c = per_worker_requests(mdir)
+        totals = [sum(v.get(protocol, 0) for v in c.values()) for protocol in ("GRPC", "REST")]
+        return c if totals == [n_grpc, n_rest] else None
+
+    counts = wait_for(all_counted, "every request counted in the workers' own files", s, timeout=10)
+    # Each worker process answered part of the requests on both protocols, and no other process did.
+    assert set(counts) == set(pids.values()), (counts, pids)
+    for pid, by_protocol in counts.items():
+        assert by_protocol.get("GRPC", 0) > 0 and by_protocol.get("REST", 0) > 0, counts
+
+
+# --- 2. metrics are merged across the workers -----------------------------------------------------
+
+
+def test_metrics_are_merged_across_workers_and_removed_at_exit(start: Callable[..., ServerProcess],
+                                                               onnx_model_dir: Path, tmpdir_env: Path,
+                                                               monitoring_config: Path) -> None:
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}",
+              f"--monitoring_config_file={monitoring_config}")
+    [mdir] = metrics_dirs(tmpdir_env)
+    assert mdir.stat().st_mode & 0o777 == 0o700
+    assert {0} == set(scrape(s.rest_port).values())
+    n_grpc, n_rest = 24, 16
+    for i in range(n_grpc):
+        predict_fresh(s.port, images_for(i))
+    for i in range(n_rest):
+        rest_predict_fresh(s.rest_port, images_for(i))
+    sent = n_grpc + n_rest
+    # Both workers served (else "merged" would prove nothing) ...
+    by_worker = per_worker_requests(mdir)
+    assert len(by_worker) == 2 and all(sum(v.values()) > 0 for v in by_worker.values()), by_worker
+    # ... and every scrape, on a new connection (so answered by either worker), shows all of it.
+    wait_for(lambda: scrape(s.rest_port) == {"tf": sent, "teeserve": sent}, "the merged totals", s, timeout=10)
+    for _ in range(12):
+        assert scrape(s.rest_port) == {"tf": sent, "teeserve": sent}
+    assert s.stop() == 0
+    assert metrics_dirs(tmpdir_env) == [], "the metrics directory outlived the server"
+
+
+# --- 3. SIGTERM: every worker drains, exit 0, nothing left ----------------------------------------
+
+
+def test_sigterm_drains_every_worker_and_leaves_no_process(start: Callable[..., ServerProcess], slow_model_dir: Path,
+                                                           tmpdir_env: Path) -> None:
+    s = start("--model_name=slow", f"--model_base_path={slow_model_dir}", "--drain-timeout=30", rest=False)
+    spawned = children_of(s.proc.pid)  # the workers (and multiprocessing's helper, if any)
+    pids = worker_pids(records(s))
+    assert {pid for pid, _ in spawned} >= set(pids.values()), (spawned, pids)
+
+    n = steps_for(1.5, slow_model_dir)
+    outcome: dict[int, Any] = {}
+
+    def call(i: int, steps: int) -> None:
+        try:
+            with fresh_channel(s.port) as ch:
+                resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_slow_request(steps), timeout=120)
+            outcome[i] = (tf.make_ndarray(resp.outputs["y"]).tolist(), time.monotonic(), time.time())
+        except grpc.RpcError as exc:  # reported by the assertions below
+            outcome[i] = (exc.code(), exc.details())
+
+    for _attempt in range(4):  # the machine may be faster than calibrated: make sure they are in flight
+        outcome.clear()
+        threads = [threading.Thread(target=call, args=(i, n)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        if all(t.is_alive() for t in threads):
+            break
+        for t in threads:
+            t.join(120)
+        n *= 4
+    else:
+        raise AssertionError("could not get the requests to stay in flight")
+    signal_at = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(120)
+    assert s.proc.wait(60) == 0, s.log()
+    for i in range(4):  # each in-flight request finished, with the full computation, after the signal
+        assert outcome[i][0] == [float(n)], outcome[i]
+        assert outcome[i][1] > signal_at
+    recs = records(s)
+    for index in (1, 2):
+        mine = [r for r in recs if r.get("worker") == index and r["logger"] != "teeserve.serving.workers"]
+        drains = [r for r in mine if r["message"].startswith("SIGTERM received: draining")]
+        assert len(drains) == 1, (index, mine)
+        # The supervisor passed the signal on at once: the worker began draining while work was in flight.
+        assert datetime.fromisoformat(drains[0]["time"]).timestamp() < min(o[2] for o in outcome.values())
+        mine = [r["message"] for r in mine]
+        assert mine[-1] == "stopped", (index, mine)
+    supervisor = [r["message"] for r in recs if r["logger"] == "teeserve.serving.workers"]
+    assert supervisor[-1] == "stopped", supervisor
+    assert not any("did not" in m for m in supervisor), supervisor
+    # Nothing the supervisor started outlives it (a helper may take a moment to notice: poll).
+    wait_for(lambda: not still_running(spawned), f"no process left of {spawned}", timeout=10)
+    assert metrics_dirs(tmpdir_env) == []
+
+
+# --- 4. a worker killed after it was up is restarted ----------------------------------------------
+
+
+def kill_worker(s: ServerProcess, index: int) -> int:
+    """SIGKILL worker ``index`` and wait until the supervisor has reaped it (so that every thread of it,
+    and its listening sockets, are gone: connections already queued on a process that is killed are
+    lost with it, no server can help that); returns its pid."""
+    def exits() -> int:
+        return sum(r["message"].startswith(f"worker {index} exited unexpectedly") for r in records(s))
+
+    before = exits()
+    pid = worker_pids(records(s))[index]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: exits() > before, f"the supervisor to notice worker {index} died", s, timeout=30)
+    return pid
+
+def test_killed_worker_is_restarted_and_the_server_keeps_answering(start: Callable[..., ServerProcess],
+                                                                   onnx_model_dir: Path, tmpdir_env: Path) -> None:
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", rest=False)
+    before = worker_pids(records(s))
+    victim = kill_worker(s, 1)
+    # Before the restart (1 s back-off), new connections all go to the worker still listening.
+    answered_meanwhile = 0
+    while worker_pids(records(s))[1] == victim:
+        predict_fresh(s.port, images_for(answered_meanwhile))  # raises on any failure
+        answered_meanwhile += 1
+    assert answered_meanwhile > 0
+
+    new_pid = wait_restarted(s, 1, victim)
+    recs = records(s)
+    exits = [r for r in recs if r["message"].startswith("worker 1 exited unexpectedly")]
+    assert len(exits) == 1 and exits[0]["exit_status"] == -signal.SIGKILL and "restarting it in" in exits[0]["message"]
+    assert worker_pids(recs) == {1: new_pid, 2: before[2]}
+
+    [mdir] = metrics_dirs(tmpdir_env)
+    for i in range(30):
+        predict_fresh(s.port, images_for(i))  # raises on any failure
+    counts = per_worker_requests(mdir)
+    assert counts.get(new_pid, {}).get("GRPC", 0) > 0, f"the restarted worker answered nothing: {counts}"
+    assert s.stop() == 0  # a restart is not an unclean exit
+
+
+def test_no_request_fails_while_a_worker_restarts(start: Callable[..., ServerProcess], onnx_model_dir: Path) -> None:
+    """New connections reach a restarting worker as soon as it listens: it must not listen before it
+    can serve (else: NOT_FOUND "Servable not found" for every connection it gets until its models load)."""
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", rest=False)
+    victim = kill_worker(s, 1)
+    failures: list[tuple[float, str, str]] = []
+    sent = 0
+    t0 = time.monotonic()
+    ready_at: float | None = None
+    while ready_at is None or time.monotonic() < ready_at + 0.5:  # through the restart, without pause
+        try:
+            predict_fresh(s.port, images_for(sent))
+        except grpc.RpcError as exc:
+            failures.append((round(time.monotonic() - t0, 3), exc.code().name, exc.details()))
+        sent += 1
+        if ready_at is None and sent % 5 == 0 and restarted(s, 1, victim):
+            ready_at = time.monotonic()
+        assert time.monotonic() - t0 < 60, "worker 1 was not restarted:\n" + s.log()
+    assert failures == [], f"{len(failures)} of {sent} requests failed during the restart, e.g. {failures[:3]}"
+
+
+# --- 5. HandleReloadConfigRequest reaches every worker --------------------------------------------
+
+
+def _reload_adding(port: int, base_path: Path, names: tuple[str, ...] = ("digits", "b")) -> None:
+    reload = model_management_pb2.ReloadConfigRequest()
+    for name in names:
+        c = reload.config.model_config_list.config.add()
+        c.name, c.base_path, c.model_platform = name, str(base_path), "onnx"
+    with fresh_channel(port) as ch:
+        resp = model_service_pb2_grpc.ModelServiceStub(ch).HandleReloadConfigRequest(reload, timeout=60)
+    assert resp.status.error_code == 0
+
+
+def _relayed(s: ServerProcess) -> bool:
+    return any(r["message"] == "model config reloaded (relayed from another worker)" for r in records(s))
+
+
+def test_reload_config_sent_to_one_worker_is_applied_by_all(start: Callable[..., ServerProcess],
+                                                            onnx_model_dir: Path, tmpdir_env: Path) -> None:
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", rest=False)
+    with pytest.raises(grpc.RpcError) as err:  # not there yet
+        model_state_fresh(s.port, "b")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    _reload_adding(s.port, onnx_model_dir)
+    wait_for(lambda: _relayed(s), "the reload relayed to the other worker", s, timeout=30)
+    for i in range(30):  # whichever worker a new connection reaches has "b" (and still "digits")
+        assert model_state_fresh(s.port, "b") == AVAILABLE
+        assert predict_fresh(s.port, images_for(i), "b").model_spec.name == "b"
+        predict_fresh(s.port, images_for(i), "digits")
+    counts = per_worker_requests(metrics_dirs(tmpdir_env)[0], model="b")
+    pids = worker_pids(records(s))
+    assert set(counts) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
+
+
+def test_reloaded_config_survives_a_worker_restart(start: Callable[..., ServerProcess], onnx_model_dir: Path,
+                                                   tmpdir_env: Path) -> None:
+    """A worker restarted after a HandleReloadConfigRequest must serve the reloaded config too, or the
+    workers disagree for good (a client sees model "b" on some connections and NOT_FOUND on others)."""
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", rest=False)
+    _reload_adding(s.port, onnx_model_dir)
+    wait_for(lambda: _relayed(s), "the reload relayed to the other worker", s, timeout=30)
+    victim = kill_worker(s, 1)
+    wait_restarted(s, 1, victim)
+    failures = []
+    for i in range(30):
+        try:
+            predict_fresh(s.port, images_for(i), "b")
+        except grpc.RpcError as exc:
+            failures.append((exc.code(), exc.details()))
+    assert failures == [], f"{len(failures)}/30 requests for the reloaded model failed after a restart: {failures[:2]}"
+
+
+# --- 6. start failures ----------------------------------------------------------------------------
+
+
+def _worker_pids_in(stderr: str) -> list[int]:
+    import re
+
+    return [int(m) for m in re.findall(r"worker \d+ started worker=\d+ pid=(\d+)", stderr)]
+
+
+@pytest.mark.parametrize("setup", ["bad_ssl", "missing_ssl"])
+def test_bad_ssl_config_stops_every_worker_with_one_clear_error(tmp_path: Path, onnx_model_dir: Path,
+                                                                setup: str) -> None:
+    ssl_cfg = tmp_path / "ssl.cfg"
+    if setup == "bad_ssl":
+        ssl_cfg.write_text('server_key: "not a key"\nserver_cert: "x"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "teeserve", "serve", "--workers=2", "--host=127.0.0.1", f"--port={free_port()}",
+         f"--rest_api_port={free_port()}", "--model_name=digits", f"--model_base_path={onnx_model_dir}",
+         f"--ssl_config_file={ssl_cfg}"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode not in (0, None), out.stderr
+    errors = [line for line in out.stderr.splitlines() if "teeserve: error:" in line]
+    assert len(errors) == 1, out.stderr
+    assert errors[0].startswith("teeserve: error:") and "ssl" in errors[0].lower(), errors
+    assert out.stderr.strip().splitlines()[-1] == errors[0]
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    pids = _worker_pids_in(out.stderr)
+    assert len(pids) == 2, out.stderr  # the workers did start (the TLS material is theirs to load) ...
+    assert [p for p in pids if proc_identity(p) is not None] == []  # ... and none is left
+
+
+@pytest.mark.parametrize("blocker", ["listener", "grpc_server", "rest_listener"])
+def test_port_in_use_fails_before_any_worker_starts(tmp_path: Path, onnx_model_dir: Path, blocker: str) -> None:
+    """Another listener on the port: a clear error naming it, no worker started. "grpc_server" is a
+    gRPC server with gRPC's default options (SO_REUSEPORT on, as tensorflow_model_server's), which the
+    workers' SO_REUSEPORT must not silently join."""
+    grpc_port, rest_port = free_port(), free_port()
+    holder: Any = None
+    if blocker == "grpc_server":
+        holder = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        grpc_port = holder.add_insecure_port("127.0.0.1:0")
+        holder.start()
+    else:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        if blocker == "listener":
+            grpc_port = holder.getsockname()[1]
+        else:
+            rest_port = holder.getsockname()[1]
+    what, port = ("REST", rest_port) if blocker == "rest_listener" else ("gRPC", grpc_port)
+    log_path = tmp_path / "stderr.log"
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "teeserve", "serve", "--workers=2", "--host=127.0.0.1", f"--port={grpc_port}",
+                 f"--rest_api_port={rest_port}", "--model_name=digits", f"--model_base_path={onnx_model_dir}"],
+                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            # Either it exits, or it got past the port check (then stop it: that is the failure).
+            wait_for(lambda: proc.poll() is not None or "starting 2 workers" in log_path.read_text(),
+                     "the server to exit", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    finally:
+        if blocker == "grpc_server":
+            holder.stop(None)
+        else:
+            holder.close()
+    stderr = log_path.read_text()
+    assert "starting 2 workers" not in stderr and "worker 1 started" not in stderr, \
+        f"the server started its workers on a port another process listens on:\n{stderr}"
+    assert proc.returncode not in (0, None)
+    assert stderr.strip().splitlines()[-1].startswith(f"teeserve: error: cannot listen for {what} on 127.0.0.1:{port}")
+    assert "Traceback" not in stderr
+
+
+# --- 7. the --workers flag (in-process) -----------------------------------------------------------
+
+BASE = ["--model_name=digits", "--model_base_path=/m", "--port=8500"]
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "300", "257", "-1", ""])
+def test_bad_workers_values_are_usage_errors(value: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_serve_args([*BASE, "--workers", value])
+    assert "--workers" in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_workers_values() -> None:
+    assert parse_serve_args(BASE).workers == 1
+    assert parse_serve_args([*BASE, "--workers", "3"]).workers == 3
+    assert parse_serve_args([*BASE, "--workers=256"]).workers == 256
+    assert parse_serve_args([*BASE, "--workers", "auto"]).workers == usable_cpus()
+    assert parse_serve_args([*BASE, "--workers", " AUTO "]).workers == usable_cpus()
+
+
+def test_usable_cpus_follows_the_affinity_mask() -> None:
+    mask = os.sched_getaffinity(0)
+    assert usable_cpus() == len(mask)
+    one = min(mask)
+    os.sched_setaffinity(0, {one})  # this thread only; restored below
+    try:
+        assert usable_cpus() == 1
+        assert parse_serve_args([*BASE, "--workers", "auto"]).workers == 1
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def test_workers_refuse_a_unix_socket() -> None:
+    assert parse_serve_args([*BASE, "--grpc_socket_path=/tmp/s.sock"]).grpc_socket_path == "/tmp/s.sock"
+    with pytest.raises(UsageError) as err:
+        parse_serve_args([*BASE, "--workers", "2", "--grpc_socket_path=/tmp/s.sock"])
+    assert "--grpc_socket_path" in str(err.value) and "--workers" in str(err.value)
+
+
+def test_workers_are_not_measured() -> None:
+    from teeserve.serving._server import measurement
+
+    one = parse_serve_args([*BASE, "--workers", "1"])
+    two = parse_serve_args([*BASE, "--workers", "2"])
+    assert (one.workers, two.workers) == (1, 2)
+    assert one.measured_config() == two.measured_config()
+    assert measurement(one) == measurement(two)
+    # ... while a flag that changes behaviour does change it (the comparison above means something).
+    assert parse_serve_args([*BASE[:-1], "--port=8600"]).measured_config() != one.measured_config()
+
+
+# --- 8. encrypted model: the keys reach the workers over the pipe ---------------------------------
+
+
+def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
+        start: Callable[..., ServerProcess], tmp_path: Path, encrypted_onnx_model_dir: Path, wrap_key: bytes,
+        tmpdir_env: Path, digits_reference: Any) -> None:
+    from teeserve import pf
+
+    key_file = tmp_path / "wrap_key"
+    pf.write_wrap_key(key_file, wrap_key)
+    s = start("--model_name=digits", f"--model_base_path={encrypted_onnx_model_dir}", "--require-encrypted",
+              "--wrap-key", str(key_file), rest=False)
+    pids = worker_pids(records(s))
+    for pid in pids.values():  # never on the command line or in the environment of a worker
+        for part in ("cmdline", "environ"):
+            blob = Path(f"/proc/{pid}/{part}").read_bytes()
+            assert wrap_key not in blob and wrap_key.hex().encode() not in blob.lower(), part
+    assert sum(r["message"] == "wrap key loaded" for r in records(s)) == 1  # once, by the supervisor
+
+    for i in range(20):
+        images = images_for(i)
+        resp = predict_fresh(s.port, images)
+        assert tf.make_ndarray(resp.outputs["classes"]).tolist() == digits_reference(images)["classes"].tolist()
+    [mdir] = metrics_dirs(tmpdir_env)
+    counts = per_worker_requests(mdir)
+    assert set(counts) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
+
+    # A restarted worker gets the key from the supervisor's memory, not from the file (gone now).
+    key_file.unlink()
+    new_pid = wait_restarted(s, 2, kill_worker(s, 2))
+    for i in range(20):
+        predict_fresh(s.port, images_for(i))
+    assert per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0
+    log = s.log()
+    assert wrap_key.hex() not in log.lower() and wrap_key.decode("latin-1") not in log
+    assert s.stop() == 0
