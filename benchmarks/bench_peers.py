@@ -6,35 +6,59 @@ same machine, same run: teeserve's gRPC requests/s >= 1.5x the best Python peer'
 MLServer's Open Inference Protocol v2 gRPC), teeserve's REST requests/s >= 1.5x KServe's V1 REST, and
 teeserve's p99 lower than theirs.
 
+Servers (``--servers``, default all of them), each in a single-process configuration and in its own
+2-process one:
+
+  teeserve       ``teeserve serve``, one process.
+  teeserve-w2    ``teeserve serve --workers 2``: a supervisor and 2 serving processes sharing both ports
+                 (SO_REUSEPORT), gRPC and REST in each.
+  kserve         KServe ``ModelServer(workers=1)`` (its default): gRPC and REST in one process.
+  kserve-w2      KServe ``ModelServer(workers=2)``: REST from 2 uvicorn processes (spawned by the main
+                 process, sharing its socket); KServe's gRPC server stays in the main process, so its
+                 gRPC row is single-process (said so in the output).
+  mlserver       MLServer ``parallel_workers=0``: gRPC and inference in one process.
+  mlserver-pw1   MLServer ``parallel_workers=1`` (its default): gRPC in the server process, inference in
+                 1 worker process fed through a queue.
+
+The summary prints the goal ratios twice: best configuration against best configuration (teeserve's
+fastest row against the fastest peer row of the protocol, whatever the process counts: the issue's
+goal), and at equal process counts (teeserve against KServe workers=1 / MLServer, teeserve --workers 2
+against KServe workers=2 / MLServer parallel_workers=1), with p99 against every peer row compared.
+
 How it is fair:
 - Same model file, same request: one real held-out digit (``samples/digit_7_0.png``), batch 1. gRPC
   carries the same 256 tensor bytes to everyone (teeserve: TF Serving ``PredictRequest.tensor_content``;
   peers: OIP ``ModelInferRequest.raw_input_contents``); REST sends the byte-identical JSON body
   ``{"instances": [[[...8x8...]]]}`` to teeserve's and KServe's ``/v1/models/digits-onnx:predict``.
-  Every answer is checked (class 7) before the load starts.
+  Every answer is checked (class 7) before the load starts and after it.
 - Same inference: every server runs the ONNX file with onnxruntime on the CPU provider, with the same
-  intra-/inter-op thread counts (``--intra-op-threads``/``--inter-op-threads``, default 1/1) and
-  ``OMP_NUM_THREADS``; the peers' sessions are opened exactly as teeserve's backend opens its own
-  (``benchmarks/peers/_ort.py``).
-- Same deployment shape: each server is one process (KServe ``workers=1``; MLServer with
-  ``parallel_workers=0``, inference in the server process) bound to 127.0.0.1, plaintext (TLS cost is
-  bench_serving.py's), per-request logging off. MLServer's default, ``parallel_workers=1`` (a separate
-  inference process fed through a queue), is measured too, and the best peer row counts.
+  intra-/inter-op thread counts (``--intra-op-threads``/``--inter-op-threads``, default 1/1, per serving
+  process) and ``OMP_NUM_THREADS``; the peers' sessions are opened exactly as teeserve's backend opens
+  its own (``benchmarks/peers/_ort.py``); a worker process opens its own session the same way.
+- Same deployment shape: bound to 127.0.0.1, plaintext (TLS cost is bench_serving.py's), per-request
+  logging off (KServe's REST workers too). Each row says how many serving processes it has
+  (``procs``, as configured) and shows the CPU of each process of the server's tree (``srv CPU% by
+  proc``), so one sees that a 2-process configuration really works in 2 processes; a row with fewer
+  busy processes than configured gets a NOTE.
+- Server CPU is that of the server's whole process tree (the started process and all its descendants,
+  read from /proc at both ends of the window): supervisor / main process + workers (+ multiprocessing's
+  resource tracker).
 - Same load: one load generator (``benchmarks/peers/loadgen.py``, its own venv) for every server,
   separate processes (``--procs``, default 2) on the same cores as the server, closed loop, 16 clients,
-  each with its own connection, ``--warmup`` s not counted, then ``--duration`` s counted; it reports
-  its own CPU so that one can see it is not the bottleneck. All servers run for the whole benchmark;
-  the measurements alternate between them, in a rotated order each round, so that background load hits
-  everyone alike; per row the median round (by requests/s) is reported (``--pick quietest``: the round
-  with the least other work on the machine), and server CPU time per request (a figure that
-  background load disturbs less). Each row shows the CPU that other work on the machine used in its
-  window; rows where that exceeds 20% of a core are flagged as disturbed.
+  each with its own connection (the kernel spreads connections over the processes of a server that
+  shares a port), ``--warmup`` s not counted, then ``--duration`` s counted; it reports its own CPU so
+  that one can see it is not the bottleneck. All servers run for the whole benchmark; the measurements
+  alternate between them, in a rotated order each round, so that background load hits everyone alike;
+  per row the median round (by requests/s) is reported (``--pick quietest``: the round with the least
+  other work on the machine), and server CPU time per request (a figure that background load disturbs
+  less). Each row shows the CPU that other work on the machine used in its window; rows where that
+  exceeds 20% of a core are flagged as disturbed.
 
 The peers live in their own venvs (their pins conflict with teeserve's), made on first use by
 ``benchmarks/peers/setup_peers.py`` under ``bench-out/peers/`` (pip, ~7 minutes the first time).
 
 Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
-        [--quick] [--servers teeserve,kserve,mlserver,mlserver-pw1]
+        [--quick] [--servers teeserve,teeserve-w2,kserve,kserve-w2,mlserver,mlserver-pw1]
 Prints the table and the ratios; writes results.json and peers.png into --out.
 """
 
@@ -65,8 +89,45 @@ import setup_peers
 MODEL = "digits-onnx"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-SERVERS = ("teeserve", "kserve", "mlserver", "mlserver-pw1")
+SERVERS = ("teeserve", "teeserve-w2", "kserve", "kserve-w2", "mlserver", "mlserver-pw1")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    label: str
+    workers: int  # its own multi-process setting (teeserve/KServe --workers, MLServer parallel_workers)
+    group: str  # "w1": one serving process; "w2": the server's 2-process configuration
+    # serving processes per protocol (what does the work; supervisors / parents not counted)
+    procs: dict[str, int]
+    note: dict[str, str] = field(default_factory=dict)  # per protocol, printed under the table
+
+
+SPECS: dict[str, ServerSpec] = {
+    "teeserve": ServerSpec("teeserve", 1, "w1", {"gRPC": 1, "REST": 1}),
+    "teeserve-w2": ServerSpec("teeserve (workers=2)", 2, "w2", {"gRPC": 2, "REST": 2}),
+    "kserve": ServerSpec("KServe 0.21", 1, "w1", {"gRPC": 1, "REST": 1}),
+    "kserve-w2": ServerSpec(
+        "KServe 0.21 (workers=2)",
+        2,
+        "w2",
+        {"gRPC": 1, "REST": 2},
+        {
+            "gRPC": "KServe's --workers applies to REST only: its gRPC server stays in the main process, "
+            "so this gRPC row is single-process (the REST workers idle meanwhile)"
+        },
+    ),
+    "mlserver": ServerSpec("MLServer 1.7", 0, "w1", {"gRPC": 1}),
+    "mlserver-pw1": ServerSpec(
+        "MLServer 1.7 (parallel_workers=1)",
+        1,
+        "w2",
+        {"gRPC": 2},
+        {"gRPC": "MLServer parallel_workers=1: gRPC in the server process, inference in 1 worker process"},
+    ),
+}
 # Measured on this kind of machine when the issue was written (issue 3 §7), for orientation only.
+# A server process that used at least this much of a core in a measured window counts as serving.
+BUSY_PROC_PCT = 10.0
 REFERENCE = {("KServe", "gRPC"): 1350.0, ("KServe", "REST"): 1550.0, ("MLServer", "gRPC"): 500.0}
 
 
@@ -124,19 +185,26 @@ class ServerProc:
             argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT, start_new_session=True
         )
 
-    def cpu_seconds(self) -> float:
-        """CPU time of the server and all its descendants (MLServer's inference workers)."""
+    def cpu_by_pid(self) -> dict[int, float]:
+        """CPU seconds of the server and each of its descendants, by pid: the whole process tree
+        (teeserve's and KServe's worker processes under their supervisor / main process, MLServer's
+        inference workers, multiprocessing's resource tracker)."""
         table = _proc_table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
-        total, todo = 0.0, [self.proc.pid]
+        tree: dict[int, float] = {}
+        todo = [self.proc.pid]
         while todo:
             pid = todo.pop()
             if pid in table:
-                total += table[pid][1]
+                tree[pid] = table[pid][1]
             todo.extend(children.get(pid, ()))
-        return total
+        return tree
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the whole process tree (see cpu_by_pid)."""
+        return sum(self.cpu_by_pid().values())
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -165,9 +233,13 @@ class ServerProc:
         )
 
     def stop(self) -> None:
+        # SIGTERM to the started process only, as an orchestrator stops a container's main process:
+        # a supervisor / main process stops its own workers (teeserve --workers, KServe workers=2,
+        # MLServer's inference workers); signalling the whole group would hand each worker a second
+        # SIGTERM of the supervisor's (teeserve's workers take a second one as "stop now").
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             try:
@@ -297,11 +369,17 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
     eps: list[Endpoint] = []
     started: list[ServerProc] = []
     try:
-        if "teeserve" in args.servers:
+        for key in ("teeserve", "teeserve-w2"):
+            if key not in args.servers:
+                continue
+            spec = SPECS[key]
             g, r = free_port(), free_port()
+            # --workers N > 1: a supervisor and N serving processes sharing both ports (SO_REUSEPORT);
+            # 1 worker is teeserve's default single process (the flag is left out, as before).
+            workers = [f"--workers={spec.workers}"] if spec.workers > 1 else []
             s = ServerProc(
-                "teeserve",
-                "teeserve",
+                key,
+                spec.label,
                 [
                     sys.executable,
                     "-m",
@@ -317,9 +395,10 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     f"--tensorflow_inter_op_parallelism={args.inter_op_threads}",
                     "--file_system_poll_wait_seconds=0",
                     "--log-level=warning",
+                    *workers,
                 ],
                 _env(args),
-                logs / "teeserve.log",
+                logs / f"{key}.log",
                 f"http://127.0.0.1:{r}/v1/health/ready",
             )
             started.append(s)
@@ -334,11 +413,14 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     request=inp.body_json,
                 ),
             ]
-        if "kserve" in args.servers:
+        for key in ("kserve", "kserve-w2"):
+            if key not in args.servers:
+                continue
+            spec = SPECS[key]
             g, r = free_port(), free_port()
             s = ServerProc(
-                "kserve",
-                "KServe 0.21",
+                key,
+                spec.label,
                 [
                     str(pys["kserve"]),
                     str(PEERS / "kserve_onnx.py"),
@@ -350,9 +432,11 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     str(r),
                     "--grpc_port",
                     str(g),
+                    "--workers",
+                    str(spec.workers),
                 ],
                 _env(args),
-                logs / "kserve.log",
+                logs / f"{key}.log",
                 f"http://127.0.0.1:{r}/v1/models/{MODEL}",
             )
             started.append(s)
@@ -367,12 +451,10 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     request=inp.body_json,
                 ),
             ]
-        for key, workers, label in (
-            ("mlserver", 0, "MLServer 1.7"),
-            ("mlserver-pw1", 1, "MLServer 1.7 (parallel_workers=1)"),
-        ):
+        for key in ("mlserver", "mlserver-pw1"):
             if key not in args.servers:
                 continue
+            label, workers = SPECS[key].label, SPECS[key].workers
             g, r, mport = free_port(), free_port(), free_port()
             home = logs / key
             (home / MODEL).mkdir(parents=True, exist_ok=True)
@@ -437,7 +519,9 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
 
 
 def check_answers(eps: list[Endpoint], inp: Inputs, kserve_py: Path) -> None:
-    """Every endpoint must answer the request with the right digit before it is loaded."""
+    """Every endpoint must answer the request with the right digit before it is loaded (and after).
+    Where several processes serve a port, several requests go out, each on a new connection, so that
+    (the kernel spreading connections over them) every process is very likely asked."""
     import grpc
 
     from teeserve._proto import pb
@@ -445,39 +529,45 @@ def check_answers(eps: list[Endpoint], inp: Inputs, kserve_py: Path) -> None:
 
     for ep in eps:
         body = ep.request.read_bytes()
-        if ep.kind == "http":
-            req = urllib.request.Request(ep.target, data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                got = json.loads(r.read())["predictions"][0]["classes"]
-        elif ep.method == PREDICT:
-            with grpc.insecure_channel(ep.target) as ch:
-                resp = pb.PredictResponse.FromString(ch.unary_unary(PREDICT)(body, timeout=30))
-            got = int(tensor_proto_to_ndarray(resp.outputs["classes"]).reshape(-1)[0])
-        else:
-            r = subprocess.run(
-                [
-                    str(kserve_py),
-                    str(PEERS / "oip.py"),
-                    "check",
-                    "--target",
-                    ep.target,
-                    "--request",
-                    str(ep.request),
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if r.returncode != 0:
-                raise RuntimeError(f"{ep.name}: check request failed:\n{r.stderr[-2000:]}")
-            classes = json.loads(r.stdout)["outputs"]["classes"]
-            while isinstance(classes, list):
-                classes = classes[0]
-            got = int(classes)
-        if got != inp.label:
-            raise RuntimeError(f"{ep.name}: answered class {got}, expected {inp.label}")
-        log(f"{ep.name} ({ep.wire}) answers {got}: ok")
+        tries = 8 if SPECS[ep.server.key].procs[ep.protocol] > 1 and ep.method != MODEL_INFER else 1
+        for _ in range(tries):
+            got = _ask(ep, body, kserve_py, grpc, pb, tensor_proto_to_ndarray)
+            if got != inp.label:
+                raise RuntimeError(f"{ep.name}: answered class {got}, expected {inp.label}")
+        log(f"{ep.name} ({ep.wire}) answers {got}{f' ({tries} connections)' if tries > 1 else ''}: ok")
+
+
+def _ask(ep: Endpoint, body: bytes, kserve_py: Path, grpc: Any, pb: Any, to_ndarray: Any) -> int:
+    """One request on a new connection; the class it answered."""
+    if ep.kind == "http":
+        req = urllib.request.Request(ep.target, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return int(json.loads(r.read())["predictions"][0]["classes"])
+    if ep.method == PREDICT:
+        with grpc.insecure_channel(ep.target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            resp = pb.PredictResponse.FromString(ch.unary_unary(PREDICT)(body, timeout=30))
+        return int(to_ndarray(resp.outputs["classes"]).reshape(-1)[0])
+    r = subprocess.run(
+        [
+            str(kserve_py),
+            str(PEERS / "oip.py"),
+            "check",
+            "--target",
+            ep.target,
+            "--request",
+            str(ep.request),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"{ep.name}: check request failed:\n{r.stderr[-2000:]}")
+    classes = json.loads(r.stdout)["outputs"]["classes"]
+    while isinstance(classes, list):
+        classes = classes[0]
+    return int(classes)
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -539,10 +629,10 @@ def measure(
     try:
         t_measure = t0 + args.startup + args.warmup
         time.sleep(max(0.0, t_measure - time.time()))
-        cpu_a, (busy_a, tot_a) = ep.server.cpu_seconds(), machine_busy()
+        tree_a, (busy_a, tot_a) = ep.server.cpu_by_pid(), machine_busy()
         idle_a = sum(s.cpu_seconds() for s in idle)
         time.sleep(max(0.0, t_measure + args.duration - time.time()))
-        cpu_b, (busy_b, tot_b) = ep.server.cpu_seconds(), machine_busy()
+        tree_b, (busy_b, tot_b) = ep.server.cpu_by_pid(), machine_busy()
         idle_b = sum(s.cpu_seconds() for s in idle)
         out, err = proc.communicate(timeout=args.startup + args.warmup + args.duration + 120)
     finally:
@@ -552,6 +642,16 @@ def measure(
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed on {ep.name}:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
+    # Per process of the server's tree, over the window (a process that started in it counts from
+    # 0; one that ended in it is lost, and flagged): shows how many processes really did the work.
+    per_pid = {pid: cpu - tree_a.get(pid, 0.0) for pid, cpu in tree_b.items()}
+    cpu_a, cpu_b = 0.0, sum(per_pid.values())
+    res["server_tree_pids"] = sorted(tree_b)
+    res["server_procs_gone"] = sorted(set(tree_a) - set(tree_b))
+    res["server_cpu_pct_by_proc"] = sorted(
+        (100.0 * c / args.duration for c in per_pid.values()), reverse=True
+    )
+    res["server_busy_procs"] = sum(1 for x in res["server_cpu_pct_by_proc"] if x >= BUSY_PROC_PCT)
     res["server_cpu_pct"] = 100.0 * (cpu_b - cpu_a) / args.duration
     res["server_cpu_us_per_req"] = (
         1e6 * (cpu_b - cpu_a) / res["requests"] if res["requests"] else float("nan")
@@ -585,16 +685,71 @@ def pick_round(rounds: list[dict[str, Any]], how: str) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _is_ours(row: dict[str, Any]) -> bool:
+    return str(row["key"]).startswith("teeserve")
+
+
+GOAL = 1.5
+
+
+def _compare(ours: list[dict[str, Any]], peers: list[dict[str, Any]], proto: str) -> dict[str, Any] | None:
+    """teeserve's fastest row among ``ours`` against the fastest of ``peers`` (same protocol): the
+    requests/s ratio (goal >= 1.5x) and teeserve's p99 against every peer row's."""
+    ours = [r for r in ours if r["protocol"] == proto]
+    peers = [r for r in peers if r["protocol"] == proto]
+    if not ours or not peers:
+        return None
+    mine = max(ours, key=lambda r: r["rps"])
+    best = max(peers, key=lambda r: r["rps"])
+    return {
+        "teeserve": f"{mine['server']} {proto}",
+        "teeserve_key": mine["key"],
+        "teeserve_procs": mine["procs"],
+        "teeserve_rps": mine["rps"],
+        "best_peer": f"{best['server']} {proto}",
+        "best_peer_key": best["key"],
+        "best_peer_procs": best["procs"],
+        "best_peer_rps": best["rps"],
+        "ratio": mine["rps"] / best["rps"] if best["rps"] else float("inf"),
+        "goal": GOAL,
+        "met": bool(best["rps"]) and mine["rps"] / best["rps"] >= GOAL,
+        "teeserve_p99_ms": mine["p99_ms"],
+        "best_peer_p99_ms": best["p99_ms"],
+        "peers": [
+            {
+                "name": f"{p['server']} {proto}",
+                "key": p["key"],
+                "procs": p["procs"],
+                "rps": p["rps"],
+                "p99_ms": p["p99_ms"],
+            }
+            for p in peers
+        ],
+        "max_peer_p99_ms": max(p["p99_ms"] for p in peers),
+        "min_peer_p99_ms": min(p["p99_ms"] for p in peers),
+        "p99_lower_than_every_peer": all(mine["p99_ms"] < p["p99_ms"] for p in peers),
+        "cpu_per_req_ratio": best["server_cpu_us_per_req"] / mine["server_cpu_us_per_req"]
+        if mine["server_cpu_us_per_req"]
+        else float("nan"),
+    }
+
+
 def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
     rows = []
-    for ep in sorted(eps, key=lambda e: e.protocol != "gRPC"):  # gRPC rows, then REST rows
+    order = {k: i for i, k in enumerate(SERVERS)}
+    for ep in sorted(eps, key=lambda e: (e.protocol != "gRPC", order[e.server.key])):  # gRPC rows, then REST
         m = pick_round(ep.rounds, how)
+        spec = SPECS[ep.server.key]
         rows.append(
             {
                 "server": ep.server.label,
                 "key": ep.server.key,
                 "protocol": ep.protocol,
                 "wire": ep.wire,
+                "group": spec.group,
+                "workers": spec.workers,
+                "procs": spec.procs[ep.protocol],
+                "note": spec.note.get(ep.protocol, ""),
                 "rps": m["rps"],
                 "p50_ms": m["p50_ms"],
                 "p99_ms": m["p99_ms"],
@@ -603,6 +758,9 @@ def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
                 else sum(r["errors"] for r in ep.rounds),
                 "server_cpu_us_per_req": statistics.median(r["server_cpu_us_per_req"] for r in ep.rounds),
                 "server_cpu_pct": m["server_cpu_pct"],
+                "server_cpu_pct_by_proc": m["server_cpu_pct_by_proc"],
+                "server_busy_procs": m["server_busy_procs"],
+                "server_busy_procs_rounds": [r["server_busy_procs"] for r in ep.rounds],
                 "machine_busy_pct": m["machine_busy_pct"],
                 "other_cpu_pct": m["other_cpu_pct"],
                 "idle_servers_cpu_pct": m["idle_servers_cpu_pct"],
@@ -612,34 +770,31 @@ def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
                 "p99_rounds": [r["p99_ms"] for r in ep.rounds],
             }
         )
+    ours = [r for r in rows if _is_ours(r)]
+    peers = [r for r in rows if not _is_ours(r)]
+    kserve = [r for r in peers if r["key"].startswith("kserve")]
+    # The goals of issue 3 §7, best configuration against best configuration: gRPC against every
+    # Python peer (KServe's and MLServer's OIP gRPC), REST against KServe's V1 REST.
     ratios: dict[str, Any] = {}
-    for proto, peer_filter, goal_name in (("gRPC", None, "grpc"), ("REST", "kserve", "rest")):
-        ours = next((r for r in rows if r["key"] == "teeserve" and r["protocol"] == proto), None)
-        peers = [
-            r
-            for r in rows
-            if r["key"] != "teeserve"
-            and r["protocol"] == proto
-            and (peer_filter is None or r["key"] == peer_filter)
-        ]
-        if not ours or not peers:
-            continue
-        best = max(peers, key=lambda r: r["rps"])
-        ratios[goal_name] = {
-            "teeserve_rps": ours["rps"],
-            "best_peer": f"{best['server']} {proto}",
-            "best_peer_rps": best["rps"],
-            "ratio": ours["rps"] / best["rps"] if best["rps"] else float("inf"),
-            "goal": 1.5,
-            "teeserve_p99_ms": ours["p99_ms"],
-            "max_peer_p99_ms": max(p["p99_ms"] for p in peers),
-            "min_peer_p99_ms": min(p["p99_ms"] for p in peers),
-            "p99_lower_than_every_peer": all(ours["p99_ms"] < p["p99_ms"] for p in peers),
-            "cpu_per_req_ratio": best["server_cpu_us_per_req"] / ours["server_cpu_us_per_req"]
-            if ours["server_cpu_us_per_req"]
-            else float("nan"),
-        }
-    return {"rows": rows, "ratios": ratios}
+    for goal_name, proto, against in (("grpc", "gRPC", peers), ("rest", "REST", kserve)):
+        q = _compare(ours, against, proto)
+        if q:
+            ratios[goal_name] = q
+    # The same at equal process counts: each server's single-process configuration ("w1": teeserve,
+    # KServe workers=1, MLServer parallel_workers=0) and its 2-process one ("w2": teeserve --workers 2,
+    # KServe workers=2 (REST only: its gRPC stays single-process), MLServer parallel_workers=1).
+    equal: dict[str, Any] = {}
+    for group in ("w1", "w2"):
+        g_ours = [r for r in ours if r["group"] == group]
+        g_peers = [r for r in peers if r["group"] == group]
+        for goal_name, proto, against in (
+            ("grpc", "gRPC", g_peers),
+            ("rest", "REST", [r for r in g_peers if r["key"].startswith("kserve")]),
+        ):
+            q = _compare(g_ours, against, proto)
+            if q:
+                equal.setdefault(group, {})[goal_name] = q
+    return {"rows": rows, "ratios": ratios, "ratios_equal_procs": equal}
 
 
 def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any]) -> None:
@@ -654,23 +809,41 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
     )
     print(f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}")
     hdr = (
-        f"{'server':<36} {'protocol':<5} {'wire':<25} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'srv CPU us/req':>14} {'srv CPU%':>8} {'gen CPU%/proc':>13} {'other CPU%':>10}"
+        f"{'server':<34} {'protocol':<5} {'wire':<24} {'procs':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'errors':>6} {'srv CPU us/req':>14} {'srv CPU%':>8} {'srv CPU% by proc':>16} "
+        f"{'gen CPU%/proc':>13} "
+        f"{'other CPU%':>10}"
     )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         gen = "/".join(f"{x:.0f}" for x in r["loadgen_cpu_pct_per_proc"])
+        by_proc = "+".join(f"{x:.0f}" for x in r["server_cpu_pct_by_proc"] if x >= 1.0) or "0"
+        mark = "*" if r["note"] else ""
         print(
-            f"{r['server']:<36} {r['protocol']:<5} {r['wire']:<25} {r['rps']:>8.0f} {r['p50_ms']:>7.2f} "
-            f"{r['p99_ms']:>7.2f} {'n/a' if r['errors'] is None else r['errors']:>6} {r['server_cpu_us_per_req']:>14.0f} "
-            f"{r['server_cpu_pct']:>8.0f} {gen:>13} {r['other_cpu_pct']:>10.0f}"
+            f"{r['server'] + mark:<34} {r['protocol']:<5} {r['wire']:<24} {r['procs']:>5} {r['rps']:>7.0f} "
+            f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {'n/a' if r['errors'] is None else r['errors']:>6} "
+            f"{r['server_cpu_us_per_req']:>14.0f} {r['server_cpu_pct']:>8.0f} {by_proc:>16} {gen:>13} "
+            f"{r['other_cpu_pct']:>10.0f}"
         )
     print(
-        "CPU columns in % of one core over the measured window: srv = the server's processes, gen = each "
-        "load-generator process, other = everything else on the machine (background noise; the benchmark's "
-        "idle servers used at most " + f"{max(r['idle_servers_cpu_pct'] for r in rows):.1f}%" + ")."
+        "procs = the server's serving processes for that protocol as configured (supervisors / parents not "
+        "counted). CPU columns in % of one core over the measured window: srv = the server's whole process "
+        "tree (supervisor or main process + workers), by proc = each process of that tree using >= 1% "
+        f"(processes >= {BUSY_PROC_PCT:g}% count as busy), gen = each load-generator process, other = "
+        "everything else on the machine (background noise; the benchmark's idle servers used at most "
+        + f"{max(r['idle_servers_cpu_pct'] for r in rows):.1f}%" + ")."
     )
+    for r in rows:
+        if r["note"]:
+            print(f"* {r['server']} {r['protocol']}: {r['note']}.")
+    for r in rows:
+        if r["procs"] > 1 and max(r["server_busy_procs_rounds"]) < r["procs"]:
+            print(
+                f"NOTE: {r['server']} {r['protocol']} is configured for {r['procs']} serving processes but "
+                f"only {max(r['server_busy_procs_rounds'])} used >= {BUSY_PROC_PCT:g}% of a core in any "
+                "round."
+            )
     noisy = [r for r in rows if r["other_cpu_pct"] > 20.0]
     if noisy:
         print(
@@ -687,30 +860,57 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
             )
         )
     print()
-    for key, title in (
-        ("grpc", "gRPC: teeserve / best Python peer"),
-        ("rest", "REST: teeserve / KServe V1 REST"),
+
+    def line(title: str, q: dict[str, Any]) -> str:
+        peers_p99 = ", ".join(f"{p['name']} {p['p99_ms']:.2f}" for p in q["peers"])
+        met = "MET" if q["met"] else "NOT MET"
+        lower = "lower than every peer" if q["p99_lower_than_every_peer"] else "NOT lower than every peer"
+        return (
+            f"  {title}: {q['teeserve']} {q['teeserve_rps']:.0f} req/s / {q['best_peer']} "
+            f"{q['best_peer_rps']:.0f} req/s = {q['ratio']:.2f}x (goal >= {q['goal']}x: {met})\n"
+            f"      p99 {q['teeserve_p99_ms']:.2f} ms vs {peers_p99} ms: {lower}; "
+            f"server CPU per request, {q['best_peer']} / teeserve = {q['cpu_per_req_ratio']:.2f}x"
+        )
+
+    ratios = summary["ratios"]
+    if ratios:
+        print("Goals of issue 3 §7, best configuration of each side (any process count):")
+        for key, title in (
+            ("grpc", "gRPC, teeserve / best Python peer"),
+            ("rest", "REST, teeserve / best KServe V1 REST"),
+        ):
+            if key in ratios:
+                print(line(title, ratios[key]))
+    equal = summary.get("ratios_equal_procs", {})
+    for group, title in (
+        ("w1", "At equal process counts, 1 serving process each"),
+        ("w2", "At equal process counts, each server's 2-process configuration"),
     ):
-        q = summary["ratios"].get(key)
-        if not q:
+        if group not in equal:
             continue
-        print(
-            f"{title} ({q['best_peer']}): {q['teeserve_rps']:.0f} / {q['best_peer_rps']:.0f} = "
-            f"{q['ratio']:.2f}x (goal >= {q['goal']}x: {'MET' if q['ratio'] >= q['goal'] else 'NOT MET'}); "
-            f"p99 {q['teeserve_p99_ms']:.2f} ms vs peers' {q['min_peer_p99_ms']:.2f}..{q['max_peer_p99_ms']:.2f} ms: "
-            f"{'lower' if q['p99_lower_than_every_peer'] else 'NOT lower'}; server CPU per request, "
-            f"peer / teeserve = {q['cpu_per_req_ratio']:.2f}x"
-        )
-    alt = summary.get("alternative", {}).get("ratios", {})
-    if alt and args.rounds > 1:
-        print(
-            f"(with the {summary['alternative']['pick']} round of each row instead: "
-            + "; ".join(
-                f"{k} {q['ratio']:.2f}x, p99 {'lower' if q['p99_lower_than_every_peer'] else 'NOT lower'}"
-                for k, q in alt.items()
-            )
-            + ")"
-        )
+        print(f"{title}:")
+        for key, proto_title in (("grpc", "gRPC"), ("rest", "REST (vs KServe V1 REST)")):
+            q = equal[group].get(key)
+            if q:
+                print(line(proto_title, q))
+                odd = [p for p in q["peers"] if p["procs"] != q["teeserve_procs"]]
+                if odd:
+                    print(
+                        "    (serving processes: teeserve "
+                        + str(q["teeserve_procs"])
+                        + ", "
+                        + ", ".join(f"{p['name']} {p['procs']}" for p in q["peers"])
+                        + ")"
+                    )
+    alt = summary.get("alternative", {})
+    if alt.get("ratios") and args.rounds > 1:
+        parts = [
+            f"{k} {q['ratio']:.2f}x, p99 {'lower' if q['p99_lower_than_every_peer'] else 'NOT lower'}"
+            for k, q in alt["ratios"].items()
+        ]
+        for group, g in alt.get("ratios_equal_procs", {}).items():
+            parts += [f"{group} {k} {q['ratio']:.2f}x" for k, q in g.items()]
+        print(f"(with the {alt['pick']} round of each row instead: " + "; ".join(parts) + ")")
     print(
         "(reference numbers of the issue, same kind of machine: KServe ~1,350 req/s gRPC, ~1,550 REST V1; "
         "MLServer ~500 gRPC)"
@@ -724,16 +924,25 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["rows"]
-    labels = [f"{r['server'].replace(' (', chr(10) + '(')}\n{r['protocol']}" for r in rows]
-    colors = ["tab:green" if r["key"] == "teeserve" else "tab:gray" for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    labels = [
+        f"{r['server'].replace(' (', chr(10) + '(')}\n{r['protocol']}, {r['procs']} "
+        + ("procs" if r["procs"] > 1 else "proc")
+        for r in rows
+    ]
+    colors = [
+        ("tab:green" if r["group"] == "w1" else "darkgreen")
+        if _is_ours(r)
+        else ("silver" if r["group"] == "w1" else "dimgray")
+        for r in rows
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(max(12.0, 1.15 * len(rows)), 5.2))
     for ax, key, title in (
         (axes[0], "rps", "requests/s (higher is better)"),
         (axes[1], "p99_ms", "p99 latency, ms (lower is better)"),
     ):
         vals = [r[key] for r in rows]
         bars = ax.bar(range(len(rows)), vals, color=colors)
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xticks(range(len(rows)), labels, fontsize=6)
         ax.set_title(title)
         for b, v in zip(bars, vals):
             ax.annotate(
@@ -741,9 +950,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 (b.get_x() + b.get_width() / 2, v),
                 ha="center",
                 va="bottom",
-                fontsize=8,
+                fontsize=7,
             )
-    fig.suptitle(f"{MODEL}, batch 1, concurrency 16, one process per server, same machine and run")
+    fig.suptitle(
+        f"{MODEL}, batch 1, concurrency 16, same machine and run; light: 1 serving process, dark: the "
+        "server's 2-process configuration (KServe workers=2: REST only)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -858,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"round {rnd + 1}/{args.rounds} {ep.name:<42} {res['rps']:7.0f} req/s  p50 {res['p50_ms']:6.2f} ms"
                     f"  p99 {res['p99_ms']:6.2f} ms  errors {'n/a' if res['errors'] is None else res['errors']}  server CPU {res['server_cpu_pct']:.0f}%"
+                    f" ({'+'.join(f'{x:.0f}' for x in res['server_cpu_pct_by_proc'] if x >= 1.0) or '0'})"
                     f"  generator CPU {'/'.join(f'{x:.0f}' for x in res['loadgen_cpu_pct_per_proc'])}%"
                     f"  idle servers CPU {res['idle_servers_cpu_pct']:.0f}%  other CPU {res['other_cpu_pct']:.0f}%"
                 )
