@@ -671,3 +671,83 @@ def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
     log = s.log()
     assert wrap_key.hex() not in log.lower() and wrap_key.decode("latin-1") not in log
     assert s.stop() == 0
+
+
+# --- 9. one stop signal delivered twice (process and group) is one stop ---------------------------
+
+
+def _own_session_server(tmp_path: Path, model_dir: Path, *extra: str,
+                        name: str = "digits") -> tuple[subprocess.Popen[bytes], Path]:
+    """A server in its own session (so its process group can be signalled as timeout(1) does)."""
+    port, rest = free_port(), free_port()
+    log = tmp_path / f"serve-{port}.log"
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "teeserve", "serve", f"--port={port}", f"--rest_api_port={rest}",
+             "--host=127.0.0.1", f"--model_name={name}", f"--model_base_path={model_dir}", "--log-format=json",
+             "--file_system_poll_wait_seconds=0", *extra],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, log
+
+
+def _messages(log: Path) -> list[str]:
+    out = []
+    for line in log.read_text().splitlines():
+        with_json = line.startswith("{")
+        out.append(json.loads(line)["message"] if with_json else line)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_to_process_and_group_is_one_clean_stop(tmp_path: Path, onnx_model_dir: Path, workers: int) -> None:
+    proc, log = _own_session_server(tmp_path, onnx_model_dir, f"--workers={workers}")
+    try:
+        wait_for(lambda: proc.poll() is not None or "ready" in _messages(log), "ready", timeout=60)
+        if workers > 1:
+            wait_for(lambda: proc.poll() is not None or f"all {workers} workers up" in _messages(log),
+                     "all workers up", timeout=60)
+        assert proc.poll() is None, log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)  # what timeout(1) and systemd do: the process, then its group
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert "again" not in text and "did not" not in text, text
+    assert _messages(log)[-1] == "stopped"
+
+
+def test_a_later_second_signal_still_stops_at_once(tmp_path: Path, slow_model_dir: Path) -> None:
+    proc, log = _own_session_server(tmp_path, slow_model_dir, "--drain-timeout=60", name="slow")
+    try:
+        wait_for(lambda: proc.poll() is not None or "ready" in _messages(log), "ready", timeout=60)
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        port = int(next(r["addresses"] for r in recs if "addresses" in r).rsplit(":", 1)[1])
+        errors: list[Any] = []
+
+        def slow_call() -> None:
+            try:
+                with fresh_channel(port) as ch:
+                    prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(
+                        _slow_request(steps_for(30, slow_model_dir)), timeout=120, wait_for_ready=True)
+            except grpc.RpcError as exc:
+                errors.append(exc.code())
+
+        t = threading.Thread(target=slow_call, daemon=True)
+        t.start()
+        time.sleep(1.0)  # in flight: the drain would wait for it up to 60 s
+        assert t.is_alive() and not errors, errors
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(1.0)  # well past the echo window: this one is a real second request
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 1, log.read_text()
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert any("received again: stopping now" in m for m in _messages(log)), log.read_text()

@@ -17,7 +17,8 @@ work can replace the first without touching the rest:
    to SERVING when ``core.is_ready()``. The REST readiness URL asks the core directly.
 6. **serve** until SIGTERM or SIGINT, then **drain**: health NOT_SERVING, stop accepting, give
    in-flight requests ``--drain-timeout`` seconds, close the core, exit 0. A second signal during
-   the drain ends it at once (exit 1).
+   the drain (not within 0.5 s: that is one signal sent to the process and its group) ends it at once
+   (exit 1).
 
 Logs go to stderr as text or JSON lines (``--log-format json``), one event per line, with the event's
 fields (ports, model names, durations), never key material or request contents.
@@ -119,6 +120,10 @@ class TlsSetup:
     protected: bool = False
 
 
+#: A second SIGTERM/SIGINT within this many seconds of the first is the same one delivered twice.
+SIGNAL_ECHO_S = 0.5
+
+
 # --- the server -----------------------------------------------------------------------------------
 
 
@@ -163,6 +168,7 @@ class ModelServer:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals = 0
+        self._first_signal = 0.0
         #: Why the server stopped on its own (initial model loading failed), if it did.
         self.failure: BaseException | None = None
         self._loaded = False
@@ -497,9 +503,15 @@ class ModelServer:
         self._stop.set()
 
     def on_signal(self, signum: int) -> None:
-        self._signals += 1
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self._signals and now - self._first_signal < SIGNAL_ECHO_S:
+            # The same stop delivered twice (timeout(1), systemd and shells signal the process and
+            # its group): not a second request.
+            return
+        self._signals += 1
         if self._signals == 1:
+            self._first_signal = now
             log.info("%s received: draining (up to %gs for in-flight requests)", name, self.options.drain_timeout,
                      extra={"signal": name})
             self._stop.set()

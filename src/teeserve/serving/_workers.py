@@ -21,14 +21,16 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
    them all and the supervisor exits with that worker's status and message, as a single process
    would; a HandleReloadConfigRequest that one worker applied is relayed to the others, and the
    latest one is handed to every worker that (re)starts, so the workers do not drift apart;
-6. on SIGTERM/SIGINT it passes SIGTERM to every worker, which drains as a single server does, and exits
+6. on SIGTERM/SIGINT it tells every worker (over its pipe) to drain, as a single server does, and exits
    0 when all did (a second signal is passed on too: the workers then stop at once).
 
 Each **worker** is an ordinary :class:`~teeserve.serving._server.ModelServer` given the keys, with
 ``reuse_port`` so the kernel spreads new connections over the workers; it loads its models before it
-listens, so no connection reaches a worker that cannot answer yet. Workers ignore SIGINT (a
-terminal's Ctrl-C reaches the whole process group; the supervisor decides) and stop when the
-supervisor's end of the pipe closes, so none outlives it.
+listens, so no connection reaches a worker that cannot answer yet. Workers ignore SIGINT and SIGTERM:
+a terminal's Ctrl-C, ``timeout`` or systemd signal the whole process group, and a worker that got the
+signal both directly and from the supervisor would take the second one as "stop now". The
+supervisor alone decides, and a worker stops when the supervisor's end of the pipe closes, so none
+outlives it.
 
 What differs from one process: each worker loads its own copy of the models (memory × N), and state
 is per worker: GetModelStatus and readiness describe the worker that answered (they converge, as each
@@ -55,6 +57,7 @@ from typing import Any
 
 from .._errors import TeeserveError
 from ._flags import ServerOptions, usable_cpus
+from ._server import SIGNAL_ECHO_S
 
 __all__ = ["run_workers", "WorkerFailed"]
 
@@ -174,6 +177,7 @@ class _Supervisor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._announced = False
+        self._first_signal = 0.0
         #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
         self.last_reload: bytes | None = None
 
@@ -208,8 +212,14 @@ class _Supervisor:
         return 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # The work happens in _loop (woken through the wakeup fd): a handler only counts, and a
+        # repeat within SIGNAL_ECHO_S is the same signal delivered to the process and its group.
+        now = time.monotonic()
+        if self.signals and now - self._first_signal < SIGNAL_ECHO_S:
+            return
+        if not self.signals:
+            self._first_signal = now
         self.signals += 1
-        # The work happens in _loop (woken through the wakeup fd): a handler only counts.
 
     def _start(self, w: _Worker) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
@@ -324,17 +334,22 @@ class _Supervisor:
                 self._wake_r.recv(4096)
 
     def _signal_all(self) -> None:
+        """"drain" to every running worker (a second one makes it stop at once)."""
         for w in self.workers:
-            if w.process is not None and w.process.exitcode is None and w.process.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.process.pid, signal.SIGTERM)
+            if w.process is not None and w.process.exitcode is None and w.conn is not None:
+                with contextlib.suppress(OSError):
+                    w.conn.send(("drain",))
 
     def _stop_all(self) -> None:
-        """At exit, whatever the reason: SIGTERM every worker still running, then SIGKILL stragglers."""
+        """At exit, whatever the reason: drain every worker still running (closing its pipe says the
+        same to one that is not listening yet), then SIGKILL stragglers."""
         running = [w for w in self.workers if w.process is not None and w.process.exitcode is None]
         for w in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.process.pid, signal.SIGTERM)
+            if w.conn is not None:
+                with contextlib.suppress(OSError):
+                    w.conn.send(("drain",))
+                w.conn.close()
+                w.conn = None
         deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE_S
         for w in running:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -361,24 +376,14 @@ class _WorkerField(logging.Filter):
         return True
 
 
-class _StopBeforeServing(Exception):
-    """SIGTERM arrived before the server installed its own handler: leave quietly (status 0)."""
-
-
-def _early_sigterm(signum: int, frame: Any) -> None:
-    raise _StopBeforeServing()
-
-
 def worker_main(conn: Connection, index: int) -> None:
     """The entry point of a worker process (spawned by the supervisor)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _early_sigterm)  # until serve_server handles it on the loop
-    try:
-        from ._server import configure_logging
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides (see the module docstring)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ._server import configure_logging
 
+    try:
         kind, options, keys, initial_reload = conn.recv()
-    except _StopBeforeServing:
-        os._exit(0)
     except (EOFError, OSError):
         os._exit(1)
     assert kind == "start"
@@ -392,8 +397,6 @@ def worker_main(conn: Connection, index: int) -> None:
         import asyncio
 
         code = asyncio.run(_serve(options, keys, initial_reload, conn, sender))
-    except _StopBeforeServing:
-        code = 0
     except TeeserveError as exc:
         sender.send(("fatal", exc.exit_code, str(exc)))
         code = exc.exit_code
@@ -432,15 +435,19 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
                          on_up=lambda: sender.send(("up",)), initial_reload=initial_reload)
 
     def listen() -> None:
-        """Relayed reloads; EOF = the supervisor is gone, so stop (no orphaned workers)."""
+        """Relayed reloads and "drain"; EOF = the supervisor is gone: drain too (no orphaned workers)."""
         while True:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                loop.call_soon_threadsafe(server.request_stop)
+                with contextlib.suppress(RuntimeError):  # the loop has already finished
+                    loop.call_soon_threadsafe(server.request_stop)
                 return
-            if msg[0] == "reload":
-                asyncio.run_coroutine_threadsafe(server.apply_relayed_reload(msg[1]), loop)
+            with contextlib.suppress(RuntimeError):
+                if msg[0] == "reload":
+                    asyncio.run_coroutine_threadsafe(server.apply_relayed_reload(msg[1]), loop)
+                elif msg[0] == "drain":  # as SIGTERM to a single server: the second one stops at once
+                    loop.call_soon_threadsafe(server.on_signal, signal.SIGTERM)
 
     threading.Thread(target=listen, name="teeserve-supervisor-pipe", daemon=True).start()
-    return await serve_server(server, signals=(signal.SIGTERM,))
+    return await serve_server(server, signals=())
