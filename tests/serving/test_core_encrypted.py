@@ -222,3 +222,33 @@ def test_unknown_label_request_on_encrypted_model_is_not_found_free(make_core: A
     assert e.value.message == "Servable not found for request: Specific(digits, 2)"
     r = loop_thread.run(c.predict(ModelRef("digits"), "", {"images": np.zeros((1, 8, 8), np.float32)}))
     assert r.version == 1
+
+
+def test_encrypted_config_and_batching_files_follow_the_path_map(tmp_path: Path, wrap_key: bytes) -> None:
+    """--model_config_file and --batching_parameters_file encrypted for the owner's layout
+    (``config/...``) and served from another directory: read only through --path-map, like models."""
+    from teeserve.serving._config import ConfigError
+    from teeserve.serving._core import ServingCore
+    from teeserve.serving._flags import parse_serve_args
+
+    served = tmp_path / "served"
+    served.mkdir()
+    config = served / "models.config"
+    batching = served / "batching.config"
+    config.write_bytes(pf.encrypt_bytes(
+        b'model_config_list { config { name: "m" base_path: "/nonexistent/m" model_platform: "tensorflow" } }',
+        wrap_key, "config/models.config"))
+    batching.write_bytes(pf.encrypt_bytes(b"max_batch_size { value: 7 }", wrap_key, "config/batching.config"))
+    ring = KeyRing({"default": wrap_key})
+    argv = [f"--model_config_file={config}", "--enable_batching", f"--batching_parameters_file={batching}"]
+
+    with pytest.raises(ConfigError, match="batching.config"):  # bound to config/..., opened under served/
+        ServingCore.from_flags(parse_serve_args(argv), keyring=ring)
+    opts = parse_serve_args([*argv, f"--path-map={served}=config"])
+    core = ServingCore.from_flags(opts, keyring=ring, path_map=opts.path_map)
+    assert core.options.batching is not None and core.options.batching.max_batch_size == 7
+    from teeserve.serving._config import read_model_config_file
+
+    assert [c.name for c in read_model_config_file(config, ring, opts.path_map)] == ["m"]
+    with pytest.raises(ConfigError, match="PathMismatch"):
+        read_model_config_file(config, ring)

@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from .._errors import UsageError
+from .._errors import TeeserveError, UsageError
 from .._proto import pb
 from ._types import Code, ServingError
 
@@ -183,20 +183,25 @@ def parse_model_server_config(config: Any, source: str = "model config") -> list
     return out
 
 
-def read_model_config_file(path: str | os.PathLike[str], keyring: Any = None) -> list[ModelConfig]:
-    """Read ``--model_config_file`` (a protected file is decrypted with ``keyring`` if given)."""
-    data = _read_config_bytes(path, keyring)
+def read_model_config_file(path: str | os.PathLike[str], keyring: Any = None,
+                           path_map: tuple[tuple[str, str], ...] = ()) -> list[ModelConfig]:
+    """Read ``--model_config_file`` (a protected file is decrypted with ``keyring`` if given; its bound
+    path is checked through ``--path-map`` as for model files)."""
+    data = _read_config_bytes(path, keyring, path_map)
     return parse_model_server_config(data, os.fspath(path))
 
 
-def _read_config_bytes(path: str | os.PathLike[str], keyring: Any) -> bytes:
+def _read_config_bytes(path: str | os.PathLike[str], keyring: Any,
+                       path_map: tuple[tuple[str, str], ...] = ()) -> bytes:
     try:
         if keyring is not None:
-            return keyring.read_maybe_protected(path)[0]
+            return keyring.read_maybe_protected(path, path_map=path_map)[0]
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
         raise ConfigError(f"{os.fspath(path)}: {exc.strerror or exc}") from exc
+    except TeeserveError as exc:  # a protected file that does not decrypt (wrong key, path, tampered)
+        raise ConfigError(str(exc)) from exc
 
 
 def parse_batching_parameters(config: Any, source: str = "batching parameters") -> BatchingOptions:
@@ -230,8 +235,9 @@ def parse_batching_parameters(config: Any, source: str = "batching parameters") 
     return BatchingOptions(mbs, timeout, meb, nbt, allowed)
 
 
-def read_batching_parameters_file(path: str | os.PathLike[str], keyring: Any = None) -> BatchingOptions:
-    return parse_batching_parameters(_read_config_bytes(path, keyring), os.fspath(path))
+def read_batching_parameters_file(path: str | os.PathLike[str], keyring: Any = None,
+                                  path_map: tuple[tuple[str, str], ...] = ()) -> BatchingOptions:
+    return parse_batching_parameters(_read_config_bytes(path, keyring, path_map), os.fspath(path))
 
 
 def config_error_to_serving(exc: ConfigError) -> ServingError:

@@ -133,7 +133,7 @@ class ServingCore:
                          options: ServingOptions | None = None, poll_wait_seconds: float = 0) -> ServingCore:
         """A core for ``--model_config_file`` (re-read every ``poll_wait_seconds``; 0 = once)."""
         keyring = keyring if keyring is not None else KeyRing()
-        configs = read_model_config_file(path, keyring)
+        configs = read_model_config_file(path, keyring, options.path_map if options is not None else ())
         return cls(configs, keyring=keyring, options=options, config_file=os.fspath(path),
                    config_file_poll_wait_seconds=poll_wait_seconds)
 
@@ -153,7 +153,8 @@ class ServingCore:
         batching = None
         if g("enable_batching", False):
             path = g("batching_parameters_file", "")
-            batching = read_batching_parameters_file(path, keyring) if path else BatchingOptions()
+            batching = (read_batching_parameters_file(path, keyring, tuple(extra.get("path_map", ())))
+                        if path else BatchingOptions())
         tags = g("saved_model_tags", "serve")
         options = ServingOptions(
             file_system_poll_wait_seconds=float(g("file_system_poll_wait_seconds", 1)),
@@ -276,7 +277,7 @@ class ServingCore:
                 if raw == self._config_text:
                     continue
                 self._config_text = raw
-                configs = read_model_config_file(self._config_file, self.keyring)
+                configs = read_model_config_file(self._config_file, self.keyring, self.options.path_map)
                 await self._apply(configs)
             except (ConfigError, ServingError, OSError) as exc:
                 log.error("reloading %s failed: %s", self._config_file, exc)
