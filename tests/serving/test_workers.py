@@ -554,6 +554,8 @@ def test_port_in_use_fails_before_any_worker_starts(tmp_path: Path, onnx_model_d
             grpc_port = holder.getsockname()[1]
         else:
             rest_port = holder.getsockname()[1]
+    while rest_port == grpc_port:  # free_port() ran before the holder took a port of its own
+        rest_port = free_port()
     what, port = ("REST", rest_port) if blocker == "rest_listener" else ("gRPC", grpc_port)
     log_path = tmp_path / "stderr.log"
     try:
@@ -751,3 +753,118 @@ def test_a_later_second_signal_still_stops_at_once(tmp_path: Path, slow_model_di
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert any("received again: stopping now" in m for m in _messages(log)), log.read_text()
+
+
+# --- 10. findings of the review: races and exit statuses ------------------------------------------
+
+
+def test_a_reserved_port_cannot_be_reserved_again() -> None:
+    """Two supervisors on one port: the second's check fails while the first's workers still load."""
+    from teeserve.serving._server import ServeError
+    from teeserve.serving._workers import _reserve
+
+    port = free_port()
+    first = _reserve("127.0.0.1", port, "gRPC")
+    try:
+        with pytest.raises(ServeError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
+            _reserve("127.0.0.1", port, "gRPC")
+        # ... while this server's own workers can still join (gRPC's SO_REUSEPORT + SO_REUSEADDR).
+        joiner = socket.socket()
+        joiner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        joiner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        joiner.bind(("127.0.0.1", port))
+        joiner.listen()
+        joiner.close()
+    finally:
+        first.close()
+
+
+def _model_names_fresh(port: int, names: tuple[str, ...]) -> frozenset[str]:
+    have = set()
+    for name in names:
+        try:
+            if model_state_fresh(port, name) == AVAILABLE:
+                have.add(name)
+        except grpc.RpcError:
+            pass
+    return frozenset(have)
+
+
+def test_concurrent_reloads_on_different_workers_converge(start: Callable[..., ServerProcess],
+                                                          onnx_model_dir: Path) -> None:
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", rest=False)
+    sets = [("digits", f"m{i}") for i in range(6)]
+    with futures.ThreadPoolExecutor(6) as pool:  # six reloads at once, over new connections
+        list(pool.map(lambda names: _reload_adding(s.port, onnx_model_dir, names), sets))
+    every = tuple({n for names in sets for n in names})
+
+    def agreed() -> bool:
+        seen = {_model_names_fresh(s.port, every) for _ in range(12)}
+        return len(seen) == 1 and len(next(iter(seen))) == 2
+
+    wait_for(agreed, "every worker on the same (last) config", s, timeout=30)
+
+
+def test_group_signal_while_workers_start_is_a_clean_stop(tmp_path: Path, onnx_model_dir: Path) -> None:
+    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2")
+    try:
+        wait_for(lambda: proc.poll() is not None or "worker 2 started" in _messages(log), "workers spawned",
+                 timeout=60)
+        os.killpg(proc.pid, signal.SIGTERM)  # the workers are still starting (spawn, imports, loading)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "did not exit cleanly" not in text, text
+
+
+def test_stop_while_a_worker_waits_for_its_restart_exits_0(tmp_path: Path, onnx_model_dir: Path) -> None:
+    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2")
+    try:
+        wait_for(lambda: proc.poll() is not None or "all 2 workers up" in _messages(log), "all workers up",
+                 timeout=60)
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        os.kill(worker_pids(recs)[1], signal.SIGKILL)
+        wait_for(lambda: any("exited unexpectedly" in m for m in _messages(log)), "the crash noticed", timeout=30)
+        os.kill(proc.pid, signal.SIGTERM)  # before the 1 s back-off has passed
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 0, log.read_text()
+
+
+def test_why_a_restart_failed_is_logged(tmp_path: Path, onnx_model_dir: Path) -> None:
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }\n")
+    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2",
+                                    f"--monitoring_config_file={monitoring}")
+    try:
+        wait_for(lambda: proc.poll() is not None or "all 2 workers up" in _messages(log), "all workers up",
+                 timeout=60)
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        monitoring.unlink()  # the restarted worker cannot read it any more
+        os.kill(worker_pids(recs)[1], signal.SIGKILL)
+        wait_for(lambda: any(m.startswith("worker 1: ") and "monitoring" in m for m in _messages(log)),
+                 "the reason of the failed restart in the log", timeout=30)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_an_unguarded_embedding_script_gets_a_clear_error(tmp_path: Path, onnx_model_dir: Path) -> None:
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "import sys\nfrom teeserve.cli import main\n"  # no `if __name__ == "__main__":`
+        f"sys.exit(main(['serve', '--workers=2', '--host=127.0.0.1', '--port={free_port()}', "
+        f"'--model_name=digits', '--model_base_path={onnx_model_dir}']))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "if __name__" in out.stderr, out.stderr

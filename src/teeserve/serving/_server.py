@@ -516,8 +516,13 @@ class ModelServer:
                      extra={"signal": name})
             self._stop.set()
         else:
-            log.warning("%s received again: stopping now", name, extra={"signal": name})
-            os._exit(1)
+            self.stop_now(f"{name} received again")
+
+    def stop_now(self, why: str) -> None:
+        """End the process at once, in-flight requests or not (exit status 1)."""
+        log.warning("%s: stopping now", why)
+        logging.shutdown()
+        os._exit(1)
 
     async def wait(self) -> None:
         await self._stop.wait()
@@ -565,8 +570,8 @@ async def serve(options: ServerOptions) -> int:
 
 
 async def serve_server(server: ModelServer, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """:func:`serve` for a server already made (a ``--workers`` worker makes its own and listens to
-    SIGTERM only: its supervisor decides what a terminal's SIGINT means)."""
+    """:func:`serve` for a server already made. ``signals`` are handled on the loop (a ``--workers``
+    worker passes none: its supervisor decides and tells it over the pipe)."""
     loop = asyncio.get_running_loop()
     for sig in signals:
         loop.add_signal_handler(sig, server.on_signal, sig)

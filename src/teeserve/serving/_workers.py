@@ -98,10 +98,19 @@ def run_workers(options: ServerOptions) -> int:
     """Run ``options.workers`` serving processes until SIGTERM/SIGINT; returns the exit status."""
     import asyncio
 
+    from .._errors import UsageError
     from ._server import ModelServer
 
+    if getattr(mp.current_process(), "_inheriting", False):
+        # multiprocessing's spawn is re-running an unguarded main script inside a worker.
+        raise UsageError("teeserve serve --workers was started from a script without "
+                         "'if __name__ == \"__main__\":' around it; the workers re-run that script")
     keyring_owner = ModelServer(options)
-    asyncio.run(keyring_owner.obtain_keys())
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
+    try:
+        asyncio.run(keyring_owner.obtain_keys())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     ring = keyring_owner.keyring
     keys = {name: ring.get(name) for name in ring.names()}
     with contextlib.ExitStack() as stack:
@@ -112,6 +121,10 @@ def run_workers(options: ServerOptions) -> int:
         stack.callback(shutil.rmtree, metrics_dir, True)
         worker_options = _share_cores(worker_options)
         return _Supervisor(worker_options, keys, metrics_dir).run()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the CLI reports "interrupted" (status 130): nothing was served yet
 
 
 def _reserve_ports(options: ServerOptions) -> tuple[ServerOptions, list[socket.socket]]:
@@ -140,12 +153,16 @@ def _reserve(host: str, port: int, what: str) -> socket.socket:
     family, kind, proto, _, address = infos[0]
     # First without SO_REUSEPORT: that bind fails if anyone holds the port, even a listener that
     # would itself accept sharing it (another server with SO_REUSEPORT must not get half our clients).
+    # The reservation then has SO_REUSEPORT (our workers join it) but not SO_REUSEADDR: two
+    # non-listening SO_REUSEADDR sockets may share an address, and another teeserve's check bind
+    # must fail while our workers are still loading.
     for reuse_port in (False, True):
         sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
         except OSError as exc:
             sock.close()
@@ -186,6 +203,7 @@ class _Supervisor:
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        previous_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         try:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # inherited by the spawned workers
             log.info("starting %d workers", len(self.workers),
@@ -195,7 +213,10 @@ class _Supervisor:
                 self._start(w)
             self._loop()
         finally:
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            if previous_dir is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous_dir
             self._stop_all()
             signal.set_wakeup_fd(old_fd)
             for sig, handler in old.items():
@@ -204,7 +225,11 @@ class _Supervisor:
             self._wake_w.close()
         if self.failure is not None:
             raise self.failure
-        bad = [w.index for w in self.workers if w.process is not None and w.process.exitcode not in (0, None)]
+        # Workers waiting for a restart are not counted: their crash was logged when it happened.
+        stopped_by_signal = (-signal.SIGTERM, -signal.SIGINT) if self.signals else ()
+        bad = [w.index for w in self.workers
+               if w.process is not None and w.restart_at is None
+               and w.process.exitcode not in (0, None, *stopped_by_signal)]
         if bad:
             log.warning("workers %s did not exit cleanly", bad)
             return 1
@@ -225,7 +250,30 @@ class _Supervisor:
         parent, child = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=worker_main, args=(child, w.index), name=f"teeserve-worker-{w.index}",
                                    daemon=False)
-        process.start()
+        # The child must ignore SIGINT/SIGTERM from its first instruction (a signal to the whole group
+        # would otherwise kill a worker that is still starting): ignored dispositions survive exec, and
+        # Python keeps an inherited SIG_IGN for SIGINT. Meanwhile the supervisor's own signals are
+        # blocked, so one that arrives now is delivered to its handler right after, not lost.
+        stops = (signal.SIGINT, signal.SIGTERM)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(stops))
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
+        try:
+            process.start()
+        except OSError as exc:  # cannot fork/exec now (EAGAIN, ENOMEM): a failed (re)start
+            parent.close()
+            child.close()
+            if w.restarts == 0 and not w.up and self.failure is None and w.process is None:
+                self.failure = WorkerFailed(f"cannot start worker {w.index}: {exc}", 1)
+                return
+            w.restarts += 1
+            delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
+            log.error("cannot start worker %d (%s); trying again in %gs", w.index, exc, delay)
+            w.restart_at = time.monotonic() + delay
+            return
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         parent.send(("start", self.options, self.keys, self.last_reload))
         w.process, w.conn, w.up, w.restart_at = process, parent, False, None
@@ -235,9 +283,8 @@ class _Supervisor:
         handled = 0
         while True:
             if self.signals > handled:
-                first = handled == 0
                 handled = self.signals
-                self._forward(first)
+                self._forward()
                 return
             if self.failure is not None:
                 return
@@ -280,14 +327,19 @@ class _Supervisor:
                 self._announced = True
                 log.info("all %d workers up", len(self.workers), extra={"workers": len(self.workers)})
         elif kind == "reload":
+            # To every worker, the sender too and starting ones (they apply it once their core has
+            # started), in the order the supervisor got them: concurrent reloads on two workers end
+            # with the same last config everywhere.
             self.last_reload = msg[1]
-            for other in self.workers:  # starting ones too: they apply it once their core has started
-                if other is not w and other.conn is not None:
+            for other in self.workers:
+                if other.conn is not None:
                     with contextlib.suppress(OSError):
                         other.conn.send(("reload", msg[1]))
         elif kind == "fatal":
             if not w.up and w.restarts == 0 and self.failure is None:
                 self.failure = WorkerFailed(msg[2], msg[1])
+            else:  # a restart that failed: say why (the server goes on with the other workers)
+                log.error("worker %d: %s", w.index, msg[2], extra={"worker": w.index})
 
     def _exited(self, w: _Worker) -> None:
         assert w.process is not None
@@ -299,6 +351,8 @@ class _Supervisor:
             if w.conn is not None:
                 w.conn.close()
                 w.conn = None
+        if self.signals and code in (-signal.SIGTERM, -signal.SIGINT):
+            return  # the stop signal itself, sent to the whole group (the supervisor is stopping)
         if not w.up and w.restarts == 0:  # the first start failed: the whole server fails
             if self.failure is None:
                 self.failure = WorkerFailed(f"worker {w.index} exited with status {code} while starting",
@@ -314,17 +368,17 @@ class _Supervisor:
         w.up = False
         w.restart_at = time.monotonic() + delay
 
-    def _forward(self, first: bool) -> None:
-        """Pass the first signal on as SIGTERM (drain), and any later one too (stop now)."""
+    def _forward(self) -> None:
+        """Pass the first signal on as "drain", any later one as "stop" (at once)."""
         log.info("signal received: draining %d workers (up to %gs)", len(self.workers), self.options.drain_timeout)
-        self._signal_all()
+        self._signal_all("drain")
         deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE_S
         handled = self.signals
         while any(w.process is not None and w.process.exitcode is None for w in self.workers):
             if self.signals > handled:
                 handled = self.signals
                 log.warning("signal received again: workers stop now")
-                self._signal_all()
+                self._signal_all("stop")
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -333,12 +387,12 @@ class _Supervisor:
             with contextlib.suppress(OSError):
                 self._wake_r.recv(4096)
 
-    def _signal_all(self) -> None:
-        """"drain" to every running worker (a second one makes it stop at once)."""
+    def _signal_all(self, what: str) -> None:
+        """"drain" or "stop" to every running worker."""
         for w in self.workers:
             if w.process is not None and w.process.exitcode is None and w.conn is not None:
                 with contextlib.suppress(OSError):
-                    w.conn.send(("drain",))
+                    w.conn.send((what,))
 
     def _stop_all(self) -> None:
         """At exit, whatever the reason: drain every worker still running (closing its pipe says the
@@ -446,8 +500,10 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
             with contextlib.suppress(RuntimeError):
                 if msg[0] == "reload":
                     asyncio.run_coroutine_threadsafe(server.apply_relayed_reload(msg[1]), loop)
-                elif msg[0] == "drain":  # as SIGTERM to a single server: the second one stops at once
+                elif msg[0] == "drain":  # as SIGTERM to a single server
                     loop.call_soon_threadsafe(server.on_signal, signal.SIGTERM)
+                elif msg[0] == "stop":  # the supervisor got a second signal: no more waiting
+                    server.stop_now("the supervisor was signalled again")
 
     threading.Thread(target=listen, name="teeserve-supervisor-pipe", daemon=True).start()
     return await serve_server(server, signals=())
