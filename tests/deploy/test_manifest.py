@@ -143,6 +143,10 @@ def test_checked_in_example_is_what_the_renderer_gives() -> None:
         ({"key_name": "a/b"}, "--key-name 'a/b'"),
         ({"model_name": "bad name"}, "--model-name 'bad name'"),
         ({"grpc_port": 9000, "rest_port": 9000}, "must differ"),
+        ({"serve_args": ("--no_such_flag=1",)}, "--serve-arg: teeserve serve would refuse its arguments: "
+                                                "unrecognized arguments: --no_such_flag=1"),
+        ({"serve_args": ("--rest_api_timeout_in_ms=0",)}, "--rest_api_timeout_in_ms must be positive"),
+        ({"serve_args": ("--workers=2",)}, "one worker per enclave"),
     ],
 )
 def test_bad_input_is_refused_with_the_option_named(changes: dict[str, Any], message: str) -> None:
@@ -150,6 +154,11 @@ def test_bad_input_is_refused_with_the_option_named(changes: dict[str, Any], mes
         example_spec(**changes)
     assert message in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_good_serve_args_are_accepted() -> None:
+    spec = example_spec(serve_args=("--enable_batching", "--rest_api_timeout_in_ms=5000"))
+    assert spec.serve_args == ("--enable_batching", "--rest_api_timeout_in_ms=5000")
 
 
 def test_models_inside_the_venv_are_refused() -> None:

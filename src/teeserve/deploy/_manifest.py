@@ -163,6 +163,7 @@ class ManifestSpec:
             raise ManifestInputError("--port and --rest-port must differ")
         for arg in self.serve_args:
             _check_text("--serve-arg", arg)
+        _check_serve_args(serve_argv(self)[1:])
         if not (0 <= self.isv_prod_id <= 0xFFFF and 0 <= self.isv_svn <= 0xFFFF):
             raise ManifestInputError("--isv-prod-id and --isv-svn are 16-bit numbers")
         if self.log_level not in ("none", "error", "warning", "debug", "trace", "all"):
@@ -187,6 +188,29 @@ def serve_argv(spec: ManifestSpec) -> list[str]:
         argv.append(f"--ssl_config_file={spec.ssl_config}")
     argv.extend(spec.serve_args)
     return argv
+
+
+def _check_serve_args(argv: list[str]) -> None:
+    """The enclave's ``teeserve serve`` command line must parse here, not fail at the first start
+    inside the enclave (after signing, when MRENCLAVE already covers it)."""
+    import argparse
+
+    from .._errors import UsageError
+    from ..serving._flags import add_serve_arguments, options_from_args
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # type: ignore[override]
+            raise ManifestInputError(f"--serve-arg: teeserve serve would refuse its arguments: {message}")
+
+    parser = _Parser(prog="teeserve serve", allow_abbrev=False)
+    add_serve_arguments(parser)
+    try:
+        options = options_from_args(parser.parse_args(argv))
+    except UsageError as exc:
+        raise ManifestInputError(f"--serve-arg: teeserve serve would refuse its arguments: {exc}") from None
+    if options.workers != 1:
+        raise ManifestInputError("--serve-arg --workers: under Gramine each worker would be a child enclave of "
+                                 "its own; keep one worker per enclave and run more replicas (docs/deploy.md)")
 
 
 def _argv(spec: ManifestSpec, py: PythonLayout) -> list[str]:
