@@ -6,10 +6,10 @@ many the host has. TensorFlow Serving uses every core; ``--workers`` is how tees
 
 The **supervisor** (this module, the process ``teeserve serve`` started):
 
-1. obtains the keys once (``--wrap-key`` and/or remote attestation to the key broker: one attestation,
+1. reserves the gRPC and REST ports with ``SO_REUSEPORT`` (a bound socket that never listens, so a
+   port already taken fails before anything else happens);
+2. obtains the keys once (``--wrap-key`` and/or remote attestation to the key broker: one attestation,
    one audit entry, however many workers);
-2. reserves the gRPC and REST ports with ``SO_REUSEPORT`` (a bound socket that never listens, so a
-   port already taken fails before any worker starts);
 3. makes a private 0700 directory for the workers' shared Prometheus metrics
    (``PROMETHEUS_MULTIPROC_DIR``), removed at exit;
 4. starts N workers (multiprocessing's *spawn*: fresh interpreters, no state forked from the
@@ -105,18 +105,19 @@ def run_workers(options: ServerOptions) -> int:
         # multiprocessing's spawn is re-running an unguarded main script inside a worker.
         raise UsageError("teeserve serve --workers was started from a script without "
                          "'if __name__ == \"__main__\":' around it; the workers re-run that script")
-    keyring_owner = ModelServer(options)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
-    try:
-        asyncio.run(keyring_owner.obtain_keys())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    ring = keyring_owner.keyring
-    keys = {name: ring.get(name) for name in ring.names()}
     with contextlib.ExitStack() as stack:
+        # The ports first: a port in use should not cost an attestation (and an audit entry).
         worker_options, reserved = _reserve_ports(options)
         for sock in reserved:
             stack.callback(sock.close)
+        keyring_owner = ModelServer(options)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
+        try:
+            asyncio.run(keyring_owner.obtain_keys())
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        ring = keyring_owner.keyring
+        keys = {name: ring.get(name) for name in ring.names()}
         metrics_dir = tempfile.mkdtemp(prefix="teeserve-metrics-")  # 0700
         stack.callback(shutil.rmtree, metrics_dir, True)
         worker_options = _share_cores(worker_options)
