@@ -330,7 +330,8 @@ def _fast_array(value: Any, dtype: int) -> np.ndarray | None:
                 fmax = float(np.finfo(np_dtype).max)
                 if biggest > fmax and bool(np.any(np.isfinite(f64) & (np.abs(f64) > fmax))):
                     return None  # out of range (infinities are fine)
-            return f64.astype(np_dtype)
+            with np.errstate(over="ignore"):  # a value within max that rounds up to inf: as TF's cast
+                return f64.astype(np_dtype)
         if float in kinds:
             return None
         ints = obj.astype(np.uint64 if np_dtype == np.uint64 else np.int64)
