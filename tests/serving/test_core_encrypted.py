@@ -252,3 +252,58 @@ def test_encrypted_config_and_batching_files_follow_the_path_map(tmp_path: Path,
     assert [c.name for c in read_model_config_file(config, ring, opts.path_map)] == ["m"]
     with pytest.raises(ConfigError, match="PathMismatch"):
         read_model_config_file(config, ring)
+
+
+def test_each_model_decrypts_with_its_own_named_key(make_core: Any, loop_thread: Any, tmp_path: Path,
+                                                    wrap_key: bytes, onnx_bytes: Any) -> None:
+    """--model-key b=owner-b: model b's files are encrypted with another owner's key (released by the
+    broker as the secret "owner-b"); model a keeps the default key."""
+    other = secrets.token_bytes(16)
+    _encrypt_version({"model.onnx": onnx_bytes()}, tmp_path / "a" / "1", wrap_key)
+    _encrypt_version({"model.onnx": onnx_bytes()}, tmp_path / "b" / "1", other)
+    configs = [ModelConfig("a", str(tmp_path / "a")), ModelConfig("b", str(tmp_path / "b"))]
+    ring = KeyRing({"default": wrap_key, "owner-b": other})
+
+    c = make_core(configs, keyring=ring, model_keys=(("b", "owner-b"),))
+    for name in ("a", "b"):
+        (st,) = loop_thread.call(lambda n=name: c.model_status(n))
+        assert st.state == VersionState.AVAILABLE, (name, st.error_message)
+
+    c2 = make_core(configs, keyring=ring)  # without the mapping b does not decrypt with 'default'
+    (st,) = loop_thread.call(lambda: c2.model_status("b"))
+    assert st.state == VersionState.END and "cannot decrypt" in st.error_message
+    (st,) = loop_thread.call(lambda: c2.model_status("a"))
+    assert st.state == VersionState.AVAILABLE
+
+    c3 = make_core(configs, keyring=KeyRing({"default": wrap_key}), model_keys=(("b", "owner-b"),))
+    (st,) = loop_thread.call(lambda: c3.model_status("b"))
+    assert st.state == VersionState.END and "owner-b" in st.error_message
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("b", "expected MODEL=KEY"), ("=k", "expected MODEL=KEY"), ("b=", "expected MODEL=KEY"),
+])
+def test_model_key_flag_is_checked(value: str, message: str) -> None:
+    from teeserve._errors import UsageError
+    from teeserve.serving._flags import parse_serve_args
+
+    with pytest.raises(UsageError, match=message):
+        parse_serve_args(["--model_base_path=/m", f"--model-key={value}"])
+    with pytest.raises(UsageError, match="given twice"):
+        parse_serve_args(["--model_base_path=/m", "--model-key=b=x", "--model-key=b=y"])
+    assert parse_serve_args(["--model_base_path=/m", "--model-key=b=owner-b"]).model_keys == (("b", "owner-b"),)
+
+
+def test_serve_refuses_a_model_key_it_does_not_hold(tmp_path: Path, wrap_key: bytes) -> None:
+    import asyncio
+
+    from teeserve.serving._flags import parse_serve_args
+    from teeserve.serving._server import ModelServer, ServeError
+
+    key_file = tmp_path / "wrap_key"
+    key_file.write_bytes(wrap_key)
+    opts = parse_serve_args([f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0",
+                             "--grpc_socket_path=" + str(tmp_path / "s"), f"--wrap-key={key_file}",
+                             "--model-key=default=owner-b"])
+    with pytest.raises(ServeError, match="does not hold: owner-b"):
+        asyncio.run(ModelServer(opts).start())

@@ -105,6 +105,9 @@ class ServingOptions:
     allow_version_labels_for_unavailable_models: bool = False
     saved_model_tags: tuple[str, ...] = ("serve",)
     key_name: str = "default"
+    #: ``--model-key MODEL=KEY``: models whose files are encrypted with another key than ``key_name``
+    #: (e.g. one key per model owner, each released by the broker as its own secret).
+    model_keys: tuple[tuple[str, str], ...] = ()
     path_map: tuple[tuple[str, str], ...] = ()
     require_encrypted_models: bool = False
     inference_threads: int = 0  # 0 = max(4, 2 x cores)

@@ -211,6 +211,7 @@ class ServerOptions:
     # teeserve's own.
     wrap_key_file: str = ""
     path_map: tuple[tuple[str, str], ...] = ()
+    model_keys: tuple[tuple[str, str], ...] = ()
     require_encrypted: bool = False
     drain_timeout: float = 20.0
     workers: int = 1
@@ -287,6 +288,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="protected files carry the path they were encrypted for: a file opened under SERVED must be "
         "bound to the same path under BOUND (e.g. /models=models when 'teeserve encrypt -o models/...' "
         "was run on the owner's machine); repeatable, first match wins",
+    )
+    own.add_argument(
+        "--model-key", dest="model_keys", action="append", default=[], metavar="MODEL=KEY",
+        help="decrypt model MODEL with the wrap key named KEY instead of 'default' (e.g. one key per "
+        "model owner, each obtained with --secret KEY); repeatable",
     )
     own.add_argument(
         "--require-encrypted", dest="require_encrypted", nargs="?", const=True, default=False, type=parse_bool,
@@ -400,6 +406,14 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         if not sep or not served or not bound:
             raise UsageError(f"--path-map: expected SERVED=BOUND, got {item!r}")
         path_map.append((served, bound))
+    model_keys = []
+    for item in getattr(ns, "model_keys", None) or []:
+        model, sep, key = item.partition("=")
+        if not sep or not model or not key:
+            raise UsageError(f"--model-key: expected MODEL=KEY, got {item!r}")
+        if any(m == model for m, _ in model_keys):
+            raise UsageError(f"--model-key: model {model!r} is given twice")
+        model_keys.append((model, key))
     drain = float(ns.drain_timeout)
     if not 0 <= drain <= 3600:
         raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain:g}")
@@ -425,6 +439,7 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         key_broker_timeout=timeout,
         wrap_key_file=ns.wrap_key_file or "",
         path_map=tuple(path_map),
+        model_keys=tuple(model_keys),
         require_encrypted=bool(getattr(ns, "require_encrypted", False)),
         drain_timeout=drain,
         workers=workers,

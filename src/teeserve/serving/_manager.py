@@ -248,7 +248,8 @@ class ModelManager:
             self._on_load(path, status, seconds)
 
     def _load_blocking(self, path: str) -> tuple[Servable, BatchingOptions | None]:
-        files = ModelFiles(path, self.keyring, key_name=self.options.key_name, path_map=self.options.path_map,
+        key_name = dict(self.options.model_keys).get(self.config.name, self.options.key_name)
+        files = ModelFiles(path, self.keyring, key_name=key_name, path_map=self.options.path_map,
                            require_encrypted=self.options.require_encrypted_models)
         batching = None
         if self.options.enable_batching and self.options.enable_per_model_batching_parameters \

@@ -287,7 +287,7 @@ class ModelServer:
             o = dataclasses.replace(o, model_name="", model_base_path="")
         elif o.batching_parameters_file and not o.enable_batching:
             log.warning("--batching_parameters_file is ignored without --enable_batching=true")
-        return ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map,
+        return ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map, model_keys=o.model_keys,
                                       require_encrypted_models=o.require_encrypted)
 
     # 4. listen ----------------------------------------------------------------------------------
@@ -402,6 +402,10 @@ class ModelServer:
         for name in o.accepted_only:
             log.info("flag accepted without effect", extra={"flag": f"--{name}"})
         await self.obtain_keys()
+        missing = sorted({key for _, key in o.model_keys if not self.keyring.has(key)})
+        if missing:
+            raise ServeError(f"--model-key names key(s) this server does not hold: {', '.join(missing)} "
+                             "(obtain them with --secret NAME from the key broker)")
         self.tls = self.load_tls()
         self.core = self.make_core()
         if self._reuse_port:
