@@ -276,7 +276,8 @@ class _Supervisor:
                 signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
-        parent.send(("start", self.options, self.keys, self.last_reload))
+        with contextlib.suppress(OSError):  # a child that died at once: its sentinel reports it
+            parent.send(("start", self.options, self.keys, self.last_reload))
         w.process, w.conn, w.up, w.restart_at = process, parent, False, None
         log.info("worker %d started", w.index, extra={"worker": w.index, "pid": process.pid})
 
