@@ -287,11 +287,16 @@ def test_model_key_flag_is_checked(value: str, message: str) -> None:
     from teeserve._errors import UsageError
     from teeserve.serving._flags import parse_serve_args
 
+    m = ["--model_base_path=/m", "--model_name=b"]
     with pytest.raises(UsageError, match=message):
-        parse_serve_args(["--model_base_path=/m", f"--model-key={value}"])
+        parse_serve_args([*m, f"--model-key={value}"])
     with pytest.raises(UsageError, match="given twice"):
-        parse_serve_args(["--model_base_path=/m", "--model-key=b=x", "--model-key=b=y"])
-    assert parse_serve_args(["--model_base_path=/m", "--model-key=b=owner-b"]).model_keys == (("b", "owner-b"),)
+        parse_serve_args([*m, "--model-key=b=x", "--model-key=b=y"])
+    with pytest.raises(UsageError, match="serves only 'b'"):  # a typo would fall back to 'default'
+        parse_serve_args([*m, "--model-key=bb=x"])
+    assert parse_serve_args([*m, "--model-key=b=owner-b"]).model_keys == (("b", "owner-b"),)
+    # With a config file the names are the file's: not checked against --model_name.
+    assert parse_serve_args(["--model_config_file=/c", "--model-key=x=k"]).model_keys == (("x", "k"),)
 
 
 def test_serve_refuses_a_model_key_it_does_not_hold(tmp_path: Path, wrap_key: bytes) -> None:

@@ -413,6 +413,8 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
             raise UsageError(f"--model-key: expected MODEL=KEY, got {item!r}")
         if any(m == model for m, _ in model_keys):
             raise UsageError(f"--model-key: model {model!r} is given twice")
+        if not values["model_config_file"] and model != values["model_name"]:
+            raise UsageError(f"--model-key {item}: this server serves only {values['model_name']!r}")
         model_keys.append((model, key))
     drain = float(ns.drain_timeout)
     if not 0 <= drain <= 3600:

@@ -197,6 +197,21 @@ class ModelServer:
         if self.options.key_broker or os.environ.get("SECRET_PROVISION_SERVERS"):
             await self._obtain_from_broker()
 
+    def _expected_key_names(self) -> set[str]:
+        """The keys :meth:`obtain_keys` will install, as far as the flags tell."""
+        if self._given_keys is not None:
+            return set(self._given_keys)
+        names = {"default"} if self.options.wrap_key_file else set()
+        if self.options.key_broker or os.environ.get("SECRET_PROVISION_SERVERS"):
+            names |= set(self.options.secrets) or {"default"}
+        return names
+
+    def _check_model_keys(self, held: set[str]) -> None:
+        missing = sorted({key for _, key in self.options.model_keys if key not in held})
+        if missing:
+            raise ServeError(f"--model-key names key(s) this server does not hold: {', '.join(missing)} "
+                             "(obtain them with --secret NAME from the key broker)")
+
     async def _obtain_from_broker(self) -> None:
         from ..broker import BrokerUnreachable, KeyReleaseDenied, obtain_from_env, obtain_secrets
         from ..provision import decode_secret
@@ -401,11 +416,9 @@ class ModelServer:
         t0 = time.perf_counter()
         for name in o.accepted_only:
             log.info("flag accepted without effect", extra={"flag": f"--{name}"})
+        self._check_model_keys(self._expected_key_names())  # before attesting: no release for nothing
         await self.obtain_keys()
-        missing = sorted({key for _, key in o.model_keys if not self.keyring.has(key)})
-        if missing:
-            raise ServeError(f"--model-key names key(s) this server does not hold: {', '.join(missing)} "
-                             "(obtain them with --secret NAME from the key broker)")
+        self._check_model_keys(set(self.keyring.names()))
         self.tls = self.load_tls()
         self.core = self.make_core()
         if self._reuse_port:
