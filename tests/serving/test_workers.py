@@ -868,3 +868,14 @@ def test_an_unguarded_embedding_script_gets_a_clear_error(tmp_path: Path, onnx_m
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "if __name__" in out.stderr, out.stderr
+
+
+def test_a_model_key_not_held_stops_the_supervisor_before_any_worker(tmp_path: Path, onnx_model_dir: Path) -> None:
+    key = tmp_path / "wrap_key"
+    key.write_bytes(os.urandom(16))
+    out = subprocess.run(
+        [sys.executable, "-m", "teeserve", "serve", "--workers=2", "--host=127.0.0.1", f"--port={free_port()}",
+         "--model_name=digits", f"--model_base_path={onnx_model_dir}", f"--wrap-key={key}",
+         "--model-key=digits=owner-b"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "does not hold: owner-b" in out.stderr and "starting 2 workers" not in out.stderr, out.stderr
