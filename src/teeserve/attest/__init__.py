@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import typing as _typing  # aliased: the public names are exactly __all__
 
+from .._lazy import lazy_exports as _lazy_exports
 from ._errors import (
     AttestError,
     CollateralError,
@@ -73,23 +74,19 @@ if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and edit
     from ._verify import verify_evidence
 
 #: name -> the module that defines it, imported on first access (see ``__getattr__``); ``sim`` is
-#: the sub-module itself
-_LAZY: dict[str, str] = {
-    name: module
-    for module, names in {
-        "_collateral": ("Collateral", "CollateralSource", "DictCollateralSource", "FileCollateralSource"),
-        "_dcap": ("verify_dcap",),
-        "_describe": ("describe_quote", "describe_verdict", "describe_verified", "format_quote"),
-        "_pccs": ("CachingCollateralSource", "PccsClient"),
-        "_policy": ("Policy", "SecretPolicy", "SgxIdentity", "TdxIdentity", "Verdict", "encode_secret",
-            "evaluate", "read_secret"),
-        "_policy_load": ("load_policy", "parse_policy", "parse_ra_config"),
-        "_quote": ("CertificationData", "Quote", "QuoteHeader", "SgxFlags", "SgxReportBody",
-            "SignatureData", "TdAttributes", "TdReport", "decode_quote_bytes", "parse_quote"),
-        "_verified": ("TeeKind", "VerifiedQuote"),
-        "_verify": ("verify_evidence",),
-    }.items()
-    for name in names
+#: module -> the names it defines, imported on first access (teeserve._lazy)
+_LAZY: dict[str, tuple[str, ...]] = {
+    "_collateral": ("Collateral", "CollateralSource", "DictCollateralSource", "FileCollateralSource"),
+    "_dcap": ("verify_dcap",),
+    "_describe": ("describe_quote", "describe_verdict", "describe_verified", "format_quote"),
+    "_pccs": ("CachingCollateralSource", "PccsClient"),
+    "_policy": ("Policy", "SecretPolicy", "SgxIdentity", "TdxIdentity", "Verdict", "encode_secret",
+        "evaluate", "read_secret"),
+    "_policy_load": ("load_policy", "parse_policy", "parse_ra_config"),
+    "_quote": ("CertificationData", "Quote", "QuoteHeader", "SgxFlags", "SgxReportBody",
+        "SignatureData", "TdAttributes", "TdReport", "decode_quote_bytes", "parse_quote"),
+    "_verified": ("TeeKind", "VerifiedQuote"),
+    "_verify": ("verify_evidence",),
 }
 
 __all__ = [
@@ -149,18 +146,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` on first access, then keep the name here."""
-    if name == "sim":
-        return __import__("sim", globals(), None, ("sim",), 1)  # binds the sub-module here too
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
-    value = getattr(__import__(module, globals(), None, (name,), 1), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(globals(), _LAZY, submodules=("sim",))

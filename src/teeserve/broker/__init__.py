@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import typing as _typing  # aliased: the public names are exactly __all__
 
+from .._lazy import lazy_exports as _lazy_exports
 from ._errors import (
     BrokerConfigError,
     BrokerError,
@@ -50,21 +51,17 @@ if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and edit
     from ._policy_state import PolicyHolder, validate_policy
     from ._ratelimit import RateLimiter
 
-#: name -> the module that defines it, imported on first access (see ``__getattr__``)
-_LAZY: dict[str, str] = {
-    name: module
-    for module, names in {
-        "_audit": ("GENESIS", "AuditChainBroken", "AuditLog", "AuditRecord"),
-        "_broker": ("BrokerServer", "KeyBroker", "LockedCollateralSource", "MultiCollateralSource"),
-        "_decide": ("CATEGORIES", "Decision", "decide_certificate", "decide_quote", "judge"),
-        "_extension": ("DEFAULT_SECRET", "EXT_REQUEST_MAGIC", "RequestParser", "ResponseParser",
-            "encode_request", "encode_response"),
-        "_metrics": ("BrokerMetrics",),
-        "_obtain": ("obtain_from_env", "obtain_secrets"),
-        "_policy_state": ("PolicyHolder", "validate_policy"),
-        "_ratelimit": ("RateLimiter",),
-    }.items()
-    for name in names
+#: module -> the names it defines, imported on first access (teeserve._lazy)
+_LAZY: dict[str, tuple[str, ...]] = {
+    "_audit": ("GENESIS", "AuditChainBroken", "AuditLog", "AuditRecord"),
+    "_broker": ("BrokerServer", "KeyBroker", "LockedCollateralSource", "MultiCollateralSource"),
+    "_decide": ("CATEGORIES", "Decision", "decide_certificate", "decide_quote", "judge"),
+    "_extension": ("DEFAULT_SECRET", "EXT_REQUEST_MAGIC", "RequestParser", "ResponseParser",
+        "encode_request", "encode_response"),
+    "_metrics": ("BrokerMetrics",),
+    "_obtain": ("obtain_from_env", "obtain_secrets"),
+    "_policy_state": ("PolicyHolder", "validate_policy"),
+    "_ratelimit": ("RateLimiter",),
 }
 
 __all__ = [
@@ -101,16 +98,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` on first access, then keep the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
-    value = getattr(__import__(module, globals(), None, (name,), 1), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(globals(), _LAZY)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import typing as _typing  # aliased: the public names are exactly __all__
 
+from .._lazy import lazy_exports as _lazy_exports
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
@@ -54,21 +55,17 @@ if _typing.TYPE_CHECKING:  # the lazily loaded names, for type checkers and edit
     from ._servers import DEFAULT_SERVERS, parse_servers
     from ._state import Role, State
 
-#: name -> the module that defines it, imported on first access (see ``__getattr__``)
-_LAZY: dict[str, str] = {
-    name: module
-    for module, names in {
-        "_client": ("DEFAULT_TIMEOUT", "ProvisionClient", "ProvisionSession", "client_context",
-            "client_from_env", "fetch_secret", "open_session", "write_key_to_gramine"),
-        "_connection": ("DEFAULT_MAX_SECRET_SIZE", "MAX_SECRET_SIZE", "NEED_DATA", "REQUEST_MAGIC",
-            "RESPONSE_HEADER_SIZE", "RESPONSE_MAGIC", "Connection"),
-        "_events": ("ConnectionClosed", "Data", "Event", "SecretRequest", "SecretResponse"),
-        "_secret": ("KEY_SIZE", "SECRET_FORMATS", "decode_secret", "encode_secret"),
-        "_server": ("DEFAULT_PORT", "Authorize", "ProvisionServer", "ServerSession", "server_context"),
-        "_servers": ("DEFAULT_SERVERS", "parse_servers"),
-        "_state": ("Role", "State"),
-    }.items()
-    for name in names
+#: module -> the names it defines, imported on first access (teeserve._lazy)
+_LAZY: dict[str, tuple[str, ...]] = {
+    "_client": ("DEFAULT_TIMEOUT", "ProvisionClient", "ProvisionSession", "client_context",
+        "client_from_env", "fetch_secret", "open_session", "write_key_to_gramine"),
+    "_connection": ("DEFAULT_MAX_SECRET_SIZE", "MAX_SECRET_SIZE", "NEED_DATA", "REQUEST_MAGIC",
+        "RESPONSE_HEADER_SIZE", "RESPONSE_MAGIC", "Connection"),
+    "_events": ("ConnectionClosed", "Data", "Event", "SecretRequest", "SecretResponse"),
+    "_secret": ("KEY_SIZE", "SECRET_FORMATS", "decode_secret", "encode_secret"),
+    "_server": ("DEFAULT_PORT", "Authorize", "ProvisionServer", "ServerSession", "server_context"),
+    "_servers": ("DEFAULT_SERVERS", "parse_servers"),
+    "_state": ("Role", "State"),
 }
 
 __all__ = [
@@ -118,16 +115,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` on first access, then keep the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # ``from .module import name``: unlike importlib.import_module, this shows in -X importtime
-    value = getattr(__import__(module, globals(), None, (name,), 1), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(globals(), _LAZY)
