@@ -124,6 +124,25 @@ class TlsSetup:
 SIGNAL_ECHO_S = 0.5
 
 
+class StopSignals:
+    """Counts stop signals (SIGTERM/SIGINT); one delivered to both the process and its group
+    (timeout(1), systemd and shells do that) within :data:`SIGNAL_ECHO_S` counts once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._first = 0.0
+
+    def arrived(self) -> bool:
+        """Count a signal; False when it is the echo of the first one."""
+        now = time.monotonic()
+        if self.count and now - self._first < SIGNAL_ECHO_S:
+            return False
+        if not self.count:
+            self._first = now
+        self.count += 1
+        return True
+
+
 # --- the server -----------------------------------------------------------------------------------
 
 
@@ -167,8 +186,7 @@ class ModelServer:
         self.rest_port = 0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._signals = 0
-        self._first_signal = 0.0
+        self._signals = StopSignals()
         #: Why the server stopped on its own (initial model loading failed), if it did.
         self.failure: BaseException | None = None
         self._loaded = False
@@ -521,14 +539,9 @@ class ModelServer:
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        now = time.monotonic()
-        if self._signals and now - self._first_signal < SIGNAL_ECHO_S:
-            # The same stop delivered twice (timeout(1), systemd and shells signal the process and
-            # its group): not a second request.
-            return
-        self._signals += 1
-        if self._signals == 1:
-            self._first_signal = now
+        if not self._signals.arrived():
+            return  # the same stop delivered twice: not a second request
+        if self._signals.count == 1:
             log.info("%s received: draining (up to %gs for in-flight requests)", name, self.options.drain_timeout,
                      extra={"signal": name})
             self._stop.set()

@@ -57,7 +57,7 @@ from typing import Any
 
 from .._errors import TeeserveError
 from ._flags import ServerOptions, usable_cpus
-from ._server import SIGNAL_ECHO_S
+from ._server import StopSignals
 
 __all__ = ["run_workers", "WorkerFailed"]
 
@@ -190,13 +190,12 @@ class _Supervisor:
         self.metrics_dir = metrics_dir
         self.ctx = mp.get_context("spawn")
         self.workers = [_Worker(i + 1) for i in range(options.workers)]
-        self.signals = 0
+        self._stops = StopSignals()
         self.failure: WorkerFailed | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._announced = False
-        self._first_signal = 0.0
         #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
         self.last_reload: bytes | None = None
 
@@ -238,15 +237,14 @@ class _Supervisor:
         log.info("stopped")
         return 0
 
+    @property
+    def signals(self) -> int:
+        """Stop signals received so far (an echo through the process group counts once)."""
+        return self._stops.count
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # The work happens in _loop (woken through the wakeup fd): a handler only counts, and a
-        # repeat within SIGNAL_ECHO_S is the same signal delivered to the process and its group.
-        now = time.monotonic()
-        if self.signals and now - self._first_signal < SIGNAL_ECHO_S:
-            return
-        if not self.signals:
-            self._first_signal = now
-        self.signals += 1
+        # The work happens in _loop (woken through the wakeup fd): a handler only counts.
+        self._stops.arrived()
 
     def _start(self, w: _Worker) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
@@ -267,10 +265,8 @@ class _Supervisor:
             if w.restarts == 0 and not w.up and self.failure is None and w.process is None:
                 self.failure = WorkerFailed(f"cannot start worker {w.index}: {exc}", 1)
                 return
-            w.restarts += 1
-            delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
+            delay = self._schedule_restart(w)
             log.error("cannot start worker %d (%s); trying again in %gs", w.index, exc, delay)
-            w.restart_at = time.monotonic() + delay
             return
         finally:
             for sig, handler in handlers.items():
@@ -363,13 +359,19 @@ class _Supervisor:
             return
         if w.up and time.monotonic() - w.up_since > STABLE_S:
             w.restarts = 0  # it had been serving a good while: this is a fresh failure, not a loop
-        w.restarts += 1
-        delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
         what = "exited unexpectedly" if w.up else "failed to restart"
+        w.up = False
+        delay = self._schedule_restart(w)
         log.error("worker %d %s (status %s); restarting it in %gs", w.index, what, code, delay,
                   extra={"worker": w.index, "exit_status": code, "restarts": w.restarts})
-        w.up = False
+
+    @staticmethod
+    def _schedule_restart(w: _Worker) -> float:
+        """One more restart of ``w`` after the back-off (1 s, doubling to 30 s); returns the delay."""
+        w.restarts += 1
+        delay = min(RESTART_FIRST_S * 2 ** (w.restarts - 1), RESTART_MAX_S)
         w.restart_at = time.monotonic() + delay
+        return delay
 
     def _forward(self) -> None:
         """Pass the first signal on as "drain", any later one as "stop" (at once)."""
