@@ -11,6 +11,7 @@ HTTP client), because the kernel spreads *connections*, not requests, over the w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -678,9 +679,11 @@ def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
 # --- 9. one stop signal delivered twice (process and group) is one stop ---------------------------
 
 
+@contextlib.contextmanager
 def _own_session_server(tmp_path: Path, model_dir: Path, *extra: str,
-                        name: str = "digits") -> tuple[subprocess.Popen[bytes], Path]:
-    """A server in its own session (so its process group can be signalled as timeout(1) does)."""
+                        name: str = "digits") -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A server in its own session (so its process group can be signalled as timeout(1) does),
+    killed with its whole group at the end if it is still running."""
     port, rest = free_port(), free_port()
     log = tmp_path / f"serve-{port}.log"
     env = dict(os.environ, TMPDIR=str(tmp_path))
@@ -690,7 +693,12 @@ def _own_session_server(tmp_path: Path, model_dir: Path, *extra: str,
              "--host=127.0.0.1", f"--model_name={name}", f"--model_base_path={model_dir}", "--log-format=json",
              "--file_system_poll_wait_seconds=0", *extra],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return proc, log
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _messages(log: Path) -> list[str]:
@@ -703,8 +711,7 @@ def _messages(log: Path) -> list[str]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_to_process_and_group_is_one_clean_stop(tmp_path: Path, onnx_model_dir: Path, workers: int) -> None:
-    proc, log = _own_session_server(tmp_path, onnx_model_dir, f"--workers={workers}")
-    try:
+    with _own_session_server(tmp_path, onnx_model_dir, f"--workers={workers}") as (proc, log):
         wait_for(lambda: proc.poll() is not None or "ready" in _messages(log), "ready", timeout=60)
         if workers > 1:
             wait_for(lambda: proc.poll() is not None or f"all {workers} workers up" in _messages(log),
@@ -713,18 +720,13 @@ def test_sigterm_to_process_and_group_is_one_clean_stop(tmp_path: Path, onnx_mod
         os.kill(proc.pid, signal.SIGTERM)  # what timeout(1) and systemd do: the process, then its group
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     text = log.read_text()
     assert "again" not in text and "did not" not in text, text
     assert _messages(log)[-1] == "stopped"
 
 
 def test_a_later_second_signal_still_stops_at_once(tmp_path: Path, slow_model_dir: Path) -> None:
-    proc, log = _own_session_server(tmp_path, slow_model_dir, "--drain-timeout=60", name="slow")
-    try:
+    with _own_session_server(tmp_path, slow_model_dir, "--drain-timeout=60", name="slow") as (proc, log):
         wait_for(lambda: proc.poll() is not None or "ready" in _messages(log), "ready", timeout=60)
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         port = int(next(r["addresses"] for r in recs if "addresses" in r).rsplit(":", 1)[1])
@@ -748,10 +750,6 @@ def test_a_later_second_signal_still_stops_at_once(tmp_path: Path, slow_model_di
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 1, log.read_text()
         assert time.monotonic() - t0 < 15
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert any("received again: stopping now" in m for m in _messages(log)), log.read_text()
 
 
@@ -806,24 +804,18 @@ def test_concurrent_reloads_on_different_workers_converge(start: Callable[..., S
 
 
 def test_group_signal_while_workers_start_is_a_clean_stop(tmp_path: Path, onnx_model_dir: Path) -> None:
-    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2")
-    try:
+    with _own_session_server(tmp_path, onnx_model_dir, "--workers=2") as (proc, log):
         wait_for(lambda: proc.poll() is not None or "worker 2 started" in _messages(log), "workers spawned",
                  timeout=60)
         os.killpg(proc.pid, signal.SIGTERM)  # the workers are still starting (spawn, imports, loading)
         code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text and "did not exit cleanly" not in text, text
 
 
 def test_stop_while_a_worker_waits_for_its_restart_exits_0(tmp_path: Path, onnx_model_dir: Path) -> None:
-    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2")
-    try:
+    with _own_session_server(tmp_path, onnx_model_dir, "--workers=2") as (proc, log):
         wait_for(lambda: proc.poll() is not None or "all 2 workers up" in _messages(log), "all workers up",
                  timeout=60)
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -831,19 +823,14 @@ def test_stop_while_a_worker_waits_for_its_restart_exits_0(tmp_path: Path, onnx_
         wait_for(lambda: any("exited unexpectedly" in m for m in _messages(log)), "the crash noticed", timeout=30)
         os.kill(proc.pid, signal.SIGTERM)  # before the 1 s back-off has passed
         code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert code == 0, log.read_text()
 
 
 def test_why_a_restart_failed_is_logged(tmp_path: Path, onnx_model_dir: Path) -> None:
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }\n")
-    proc, log = _own_session_server(tmp_path, onnx_model_dir, "--workers=2",
-                                    f"--monitoring_config_file={monitoring}")
-    try:
+    with _own_session_server(tmp_path, onnx_model_dir, "--workers=2",
+                                    f"--monitoring_config_file={monitoring}") as (proc, log):
         wait_for(lambda: proc.poll() is not None or "all 2 workers up" in _messages(log), "all workers up",
                  timeout=60)
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
@@ -853,10 +840,6 @@ def test_why_a_restart_failed_is_logged(tmp_path: Path, onnx_model_dir: Path) ->
                  "the reason of the failed restart in the log", timeout=30)
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_an_unguarded_embedding_script_gets_a_clear_error(tmp_path: Path, onnx_model_dir: Path) -> None:
