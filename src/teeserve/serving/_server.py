@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import TeeserveError, UsageError
@@ -151,8 +151,10 @@ class ModelServer:
 
     As one of several ``--workers`` (``teeserve.serving._workers``): ``keys`` are the keys the
     supervisor obtained (no attestation here), ``reuse_port`` shares the ports with the other workers,
-    ``on_reload`` is told the serialized ``ModelServerConfig`` of every HandleReloadConfigRequest this
-    process applied (so that the others apply it too), ``initial_reload`` is the last such config (a
+    ``on_reload`` is given the serialized ``ModelServerConfig`` of every HandleReloadConfigRequest this
+    process applied and returns once every other serving worker has applied it too (so that, as with
+    TF Serving, a model the reload added is there on any connection once the call returns),
+    ``initial_reload`` is the last such config (a
     restarted worker applies it before it serves) and ``on_up`` is called once it serves. A worker
     loads its models *before* it listens (the other workers answer meanwhile).
     """
@@ -163,7 +165,7 @@ class ModelServer:
         *,
         keys: dict[str, bytes] | None = None,
         reuse_port: bool = False,
-        on_reload: Callable[[bytes], None] | None = None,
+        on_reload: Callable[[bytes], Awaitable[None]] | None = None,
         on_up: Callable[[], None] | None = None,
         initial_reload: bytes | None = None,
     ) -> None:
@@ -489,7 +491,8 @@ class ModelServer:
 
     async def _reload_and_relay(self, config: Any) -> None:
         """HandleReloadConfigRequest on one of several workers: apply it here, then have the
-        supervisor pass it to the other workers (a config that was applied, even in part)."""
+        supervisor pass it to the other workers (a config that was applied, even in part) and answer
+        once they have applied it."""
         from ._types import Code, ServingError
 
         assert self._on_reload is not None
@@ -497,9 +500,9 @@ class ModelServer:
             await self.core.reload_config(config)
         except ServingError as exc:
             if exc.code == Code.FAILED_PRECONDITION:  # applied, except for a label (see reload_config)
-                self._on_reload(config.SerializeToString())
+                await self._on_reload(config.SerializeToString())
             raise
-        self._on_reload(config.SerializeToString())
+        await self._on_reload(config.SerializeToString())
 
     async def apply_relayed_reload(self, data: bytes, *, started: bool = False) -> None:
         """A HandleReloadConfigRequest that another worker received and applied (waits until this

@@ -20,7 +20,9 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
    fails at the first start (bad TLS material, a port it cannot bind, model loading that raised) stops
    them all and the supervisor exits with that worker's status and message, as a single process
    would; a HandleReloadConfigRequest that one worker applied is relayed to the others, and the
-   latest one is handed to every worker that (re)starts, so the workers do not drift apart;
+   worker that got it answers only once every serving worker has applied it (as with TF Serving, a
+   model the reload added is then there on every connection); the latest one is handed to every
+   worker that (re)starts, so the workers do not drift apart;
 6. on SIGTERM/SIGINT it tells every worker (over its pipe) to drain, as a single server does, and exits
    0 when all did (a second signal is passed on too: the workers then stop at once).
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -198,6 +201,9 @@ class _Supervisor:
         self._announced = False
         #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
         self.last_reload: bytes | None = None
+        #: Relayed reloads not yet applied by every serving worker: id -> (origin, its token, waiting).
+        self._relays: dict[int, tuple[_Worker, int, set[int]]] = {}
+        self._relay_ids = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -328,17 +334,42 @@ class _Supervisor:
         elif kind == "reload":
             # To every worker, the sender too and starting ones (they apply it once their core has
             # started), in the order the supervisor got them: concurrent reloads on two workers end
-            # with the same last config everywhere.
-            self.last_reload = msg[1]
+            # with the same last config everywhere. The sender's call returns once the workers that
+            # serve now have applied it (a starting one listens only after it has).
+            _, data, token = msg
+            self.last_reload = data
+            self._relay_ids += 1
+            waiting: set[int] = set()
             for other in self.workers:
                 if other.conn is not None:
-                    with contextlib.suppress(OSError):
-                        other.conn.send(("reload", msg[1]))
+                    try:
+                        other.conn.send(("reload", data, self._relay_ids))
+                    except OSError:
+                        continue
+                    if other.up:
+                        waiting.add(other.index)
+            self._relays[self._relay_ids] = (w, token, waiting)
+            self._settle_relays()
+        elif kind == "applied":
+            relay = self._relays.get(msg[1])
+            if relay is not None:
+                relay[2].discard(w.index)
+                self._settle_relays()
         elif kind == "fatal":
             if not w.up and w.restarts == 0 and self.failure is None:
                 self.failure = WorkerFailed(msg[2], msg[1])
             else:  # a restart that failed: say why (the server goes on with the other workers)
                 log.error("worker %d: %s", w.index, msg[2], extra={"worker": w.index})
+
+    def _settle_relays(self) -> None:
+        """Tell each worker whose reload every serving worker has applied that it may answer."""
+        for rid, (origin, token, waiting) in list(self._relays.items()):
+            if waiting:
+                continue
+            del self._relays[rid]
+            if origin.conn is not None:
+                with contextlib.suppress(OSError):
+                    origin.conn.send(("reloaded", token))
 
     def _exited(self, w: _Worker) -> None:
         assert w.process is not None
@@ -350,6 +381,13 @@ class _Supervisor:
             if w.conn is not None:
                 w.conn.close()
                 w.conn = None
+        # A dead worker applies nothing more, and a reload it received has no caller any more.
+        for rid, (origin, _, waiting) in list(self._relays.items()):
+            if origin is w:
+                del self._relays[rid]
+            else:
+                waiting.discard(w.index)
+        self._settle_relays()
         if self.signals and code in (-signal.SIGTERM, -signal.SIGINT):
             return  # the stop signal itself, sent to the whole group (the supervisor is stopping)
         if not w.up and w.restarts == 0:  # the first start failed: the whole server fails
@@ -489,8 +527,29 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
     from ._server import ModelServer, serve_server
 
     loop = asyncio.get_running_loop()
-    server = ModelServer(options, keys=keys, reuse_port=True,
-                         on_reload=lambda data: sender.send(("reload", data)),
+    answers: dict[int, asyncio.Future[None]] = {}
+    tokens = itertools.count(1)
+
+    async def relay(data: bytes) -> None:
+        """Pass an applied reload to the supervisor; return once every serving worker applied it."""
+        token = next(tokens)
+        answers[token] = loop.create_future()
+        try:
+            sender.send(("reload", data, token))
+            await answers[token]
+        finally:
+            del answers[token]
+
+    def answered(token: int) -> None:
+        fut = answers.get(token)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def apply(data: bytes, rid: int) -> None:
+        await server.apply_relayed_reload(data)
+        sender.send(("applied", rid))
+
+    server = ModelServer(options, keys=keys, reuse_port=True, on_reload=relay,
                          on_up=lambda: sender.send(("up",)), initial_reload=initial_reload)
 
     def listen() -> None:
@@ -501,10 +560,14 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
             except (EOFError, OSError):
                 with contextlib.suppress(RuntimeError):  # the loop has already finished
                     loop.call_soon_threadsafe(server.request_stop)
+                    for token in list(answers):  # no supervisor to wait for: answer pending reloads
+                        loop.call_soon_threadsafe(answered, token)
                 return
             with contextlib.suppress(RuntimeError):
                 if msg[0] == "reload":
-                    asyncio.run_coroutine_threadsafe(server.apply_relayed_reload(msg[1]), loop)
+                    asyncio.run_coroutine_threadsafe(apply(msg[1], msg[2]), loop)
+                elif msg[0] == "reloaded":
+                    loop.call_soon_threadsafe(answered, msg[1])
                 elif msg[0] == "drain":  # as SIGTERM to a single server
                     loop.call_soon_threadsafe(server.on_signal, signal.SIGTERM)
                 elif msg[0] == "stop":  # the supervisor got a second signal: no more waiting
