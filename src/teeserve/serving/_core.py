@@ -32,9 +32,15 @@ Request API (all raise :class:`ServingError` with TF Serving's codes and message
 thread-pool server), thread-safe, available while ``blocking_predict`` is true (no batching).
 
 Strategy: request validation is shared, pure code (``backends/_run.py``); inference runs in worker
-threads (``backends/_pool.py``, never on the event loop; ``inference_threads``, default
-max(4, 2 x cores)); model loads run in a separate small pool so a large load does not delay
-requests; the optional batcher sits between validation and the workers.
+threads (``backends/_pool.py``; ``inference_threads``, default max(4, 2 x cores)); model loads run
+in a separate small pool so a large load does not delay requests; the optional batcher sits between
+validation and the workers. One exception keeps small models fast: a Predict whose version has
+lately run in under ``INLINE_RUN_S`` on inputs of at most ``INLINE_MAX_BYTES`` runs on the event
+loop itself, because the hand-off to a worker thread and back (a queue, a wake-up, two GIL
+hand-overs) then costs more than the model: for the digits model it is a quarter of the REST
+request's CPU time. The estimate follows each version's run times, so a model that turns out slow,
+or a bigger request, goes back to the workers, and
+the loop stalls for about that long at most (``LoadedVersion.note_run`` keeps the estimate).
 """
 
 from __future__ import annotations
@@ -80,6 +86,19 @@ from .backends._pool import InferencePool
 from .backends._run import prepare_predict, run_classify, run_regress
 
 __all__ = ["ServingCore"]
+
+#: A Predict runs on the event loop when its version's recent runs took less than this (seconds) ...
+INLINE_RUN_S = 0.0005
+#: ... and its inputs are no larger than this (bytes); otherwise it runs on the inference pool.
+INLINE_MAX_BYTES = 64 * 1024
+
+def _timed_run(servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
+               aliases: Sequence[str]) -> tuple[dict[str, np.ndarray], float]:
+    """``servable.run`` and how long it took by itself (no queueing, no hand-off)."""
+    start = time.perf_counter()
+    outputs = servable.run(signature_name, inputs, aliases)
+    return outputs, time.perf_counter() - start
+
 
 log = logging.getLogger("teeserve.serving")
 
@@ -317,8 +336,14 @@ class ServingCore:
                     entry.batch_queues[key] = queue
                 outputs = await queue.submit(prep.inputs, prep.batch_size)
             else:
-                outputs = await self._pool.submit(servable.run, prep.signature_name, prep.inputs,
-                                                  prep.output_aliases)
+                on_loop = entry.run_seconds < INLINE_RUN_S and \
+                    sum(a.nbytes for a in prep.inputs.values()) <= INLINE_MAX_BYTES
+                if on_loop:
+                    outputs, took = _timed_run(servable, prep.signature_name, prep.inputs, prep.output_aliases)
+                else:
+                    outputs, took = await self._pool.submit(_timed_run, servable, prep.signature_name,
+                                                            prep.inputs, prep.output_aliases)
+                entry.note_run(took, on_loop=on_loop)
             METRICS.record_runtime(ref.name, "Predict", servable.runtime, time.perf_counter() - start)
             return PredictResult(ref.name, entry.number, prep.signature_name,
                                  {a: outputs[a] for a in prep.output_aliases})

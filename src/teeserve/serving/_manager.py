@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -58,6 +59,22 @@ class LoadedVersion:
     drained_loop: asyncio.AbstractEventLoop | None = None
     batch_queues: dict[Any, BatchQueue] = field(default_factory=dict)
     batching: BatchingOptions | None = None  # this version's own batching_params.pbtxt, if any
+    #: Estimate of this version's run time (seconds; inf until the first run), which decides
+    #: whether a Predict may run on the event loop (see ``_core.INLINE_RUN_S``).
+    run_seconds: float = math.inf
+
+    def note_run(self, seconds: float, *, on_loop: bool, weight: float = 0.1) -> None:
+        """Update :attr:`run_seconds` with one run's wall time.
+
+        A run on the loop measures the model alone: a slower one counts at once (the loop must not
+        stall twice), faster ones pull the estimate down gradually. A run on a worker thread also
+        includes the wait to get the GIL back from a busy loop, so there it is the other way round:
+        a fast run proves the model fast at once, slow ones raise the estimate gradually.
+        """
+        if self.run_seconds == math.inf or (seconds > self.run_seconds) == on_loop:
+            self.run_seconds = seconds
+        else:
+            self.run_seconds += weight * (seconds - self.run_seconds)
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.number, self.state, self.error_code, self.error_message)
