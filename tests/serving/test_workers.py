@@ -867,3 +867,69 @@ def test_a_model_key_not_held_stops_the_supervisor_before_any_worker(tmp_path: P
          "--model-key=digits=owner-b"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     assert "does not hold: owner-b" in out.stderr and "starting 2 workers" not in out.stderr, out.stderr
+
+
+# --- the supervisor's reload bookkeeping (real pipes, no processes) --------------------------------
+
+
+class _DeadProcess:
+    """What the supervisor reads of a worker process that has exited."""
+
+    exitcode = -signal.SIGKILL
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+def _supervisor_with_pipes(tmp_path: Path, workers: int) -> tuple[Any, list[Any]]:
+    import multiprocessing as mp
+
+    from teeserve.serving import _workers
+
+    options = parse_serve_args(["--model_name=m", f"--model_base_path={tmp_path}", f"--workers={workers}"])
+    sup = _workers._Supervisor(options, {}, str(tmp_path))
+    ends = []
+    for w in sup.workers:
+        parent, child = mp.Pipe(duplex=True)
+        w.conn, w.up = parent, True
+        ends.append(child)
+    return sup, ends
+
+
+def _received(end: Any) -> list[Any]:
+    out = []
+    while end.poll(0.2):
+        out.append(end.recv())
+    return out
+
+
+def test_a_reload_is_answered_when_every_serving_worker_applied_it_or_died(tmp_path: Path) -> None:
+    sup, ends = _supervisor_with_pipes(tmp_path, 4)
+    sup.workers[3].up = False  # still starting: it listens only after applying, so it is not waited for
+    ends[0].send(("reload", b"config", 7))  # worker 1 applied a HandleReloadConfigRequest
+    sup._message(sup.workers[0])
+    sent = [_received(e) for e in ends]
+    assert all(len(s) == 1 and s[0][:2] == ("reload", b"config") for s in sent), sent
+    rid = sent[0][0][2]
+    assert sup.last_reload == b"config"
+    for i in (0, 1):  # workers 1 and 2 applied it ...
+        ends[i].send(("applied", rid))
+        sup._message(sup.workers[i])
+    assert _received(ends[0]) == [], "worker 3 serves and has not applied it yet"
+    sup.workers[2].process = _DeadProcess()  # ... and worker 3 dies instead
+    sup._exited(sup.workers[2])
+    assert _received(ends[0]) == [("reloaded", 7)]
+    assert sup._relays == {}
+
+
+def test_a_reload_whose_worker_died_is_forgotten(tmp_path: Path) -> None:
+    sup, ends = _supervisor_with_pipes(tmp_path, 2)
+    ends[0].send(("reload", b"config", 1))
+    sup._message(sup.workers[0])
+    rid = _received(ends[1])[0][2]
+    sup.workers[0].process = _DeadProcess()
+    sup._exited(sup.workers[0])
+    assert sup._relays == {}, "nobody waits for the answer any more"
+    ends[1].send(("applied", rid))  # a late acknowledgement is ignored
+    sup._message(sup.workers[1])
+    assert _received(ends[1]) == []
