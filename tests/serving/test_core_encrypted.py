@@ -312,3 +312,24 @@ def test_serve_refuses_a_model_key_it_does_not_hold(tmp_path: Path, wrap_key: by
                              "--model-key=default=owner-b"])
     with pytest.raises(ServeError, match="does not hold: owner-b"):
         asyncio.run(ModelServer(opts).start())
+
+
+def test_a_model_key_for_a_model_the_config_file_lacks_is_warned_about(tmp_path: Path, onnx_model_dir: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Most likely a typo (the model then tries the key "default"); it may also be a model that a later
+    reload adds, so the server warns rather than refuses."""
+    import logging
+
+    from teeserve.serving._flags import parse_serve_args
+    from teeserve.serving._server import ModelServer
+
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "digits" base_path: "%s" model_platform: "onnx" } }'
+                      % onnx_model_dir)
+    opts = parse_serve_args([f"--model_config_file={config}", "--port=8500",
+                             "--model-key=digits=owner-a", "--model-key=digts=owner-b"])
+    with caplog.at_level(logging.WARNING, logger="teeserve.serving"):
+        core = ModelServer(opts).make_core()
+    warned = [r.getMessage() for r in caplog.records if "--model-key" in r.getMessage()]
+    assert len(warned) == 1 and "digts=owner-b" in warned[0] and "no model named 'digts'" in warned[0], warned
+    assert core.configured_names == {"digits"}

@@ -236,6 +236,11 @@ class ServingCore:
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
+    @property
+    def configured_names(self) -> set[str]:
+        """The models of the config the core was made with (before any reload)."""
+        return {c.name for c in self._initial}
+
     async def reload_config(self, config: Any) -> None:
         """Replace the model config (a ModelServerConfig proto, its text, or a list of ModelConfig).
 

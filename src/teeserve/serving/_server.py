@@ -322,8 +322,17 @@ class ModelServer:
             o = dataclasses.replace(o, model_name="", model_base_path="")
         elif o.batching_parameters_file and not o.enable_batching:
             log.warning("--batching_parameters_file is ignored without --enable_batching=true")
-        return ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map, model_keys=o.model_keys,
+        core = ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map, model_keys=o.model_keys,
                                       require_encrypted_models=o.require_encrypted)
+        if o.model_config_file:
+            # A name the config file does not have is most likely a typo (the model would then try
+            # the default key); it may also be a model a later reload adds, so this only warns.
+            for model, key in o.model_keys:
+                if model not in core.configured_names:
+                    log.warning("--model-key %s=%s: --model_config_file has no model named %r (yet); "
+                                "its models use the key 'default' unless a --model-key names them",
+                                model, key, model, extra={"model": model})
+        return core
 
     # 4. listen ----------------------------------------------------------------------------------
 
