@@ -464,3 +464,37 @@ asyncio.run(main())
     ready, tf_loaded, max_rss_kib = out.stdout.split()[1:4]
     assert (ready, tf_loaded) == ("True", "False")
     print(f"ONNX-only server peak RSS: {int(max_rss_kib) / 1024:.0f} MiB")
+
+
+def test_ssl_config_key_decrypts_ssl_cfg_with_a_named_key(tls_dir: Path, tmp_path: Path) -> None:
+    """--ssl-config-key ops: the TLS material is the operator's, encrypted with its own key; the
+    server refuses to start (before attesting) when its flags will not give it that key."""
+    import asyncio
+    import os
+
+    from teeserve import pf
+    from teeserve._errors import UsageError
+    from teeserve.serving._flags import parse_serve_args
+    from teeserve.serving._server import ModelServer, ServeError
+
+    ops_key, owner_key = os.urandom(16), os.urandom(16)
+    enc = tmp_path / "ssl.cfg"
+    pf.encrypt_file(tls_dir / "ssl.cfg", enc, ops_key)
+    args = [f"--model_base_path={tmp_path}", "--port=8500", f"--ssl_config_file={enc}"]
+
+    server = ModelServer(parse_serve_args([*args, "--ssl-config-key=ops"]),
+                         keys={"default": owner_key, "ops": ops_key})
+    asyncio.run(server.obtain_keys())
+    setup = server.load_tls()
+    assert setup.protected and setup.ssl_context is not None and setup.grpc_credentials is not None
+
+    wrong = ModelServer(parse_serve_args(args), keys={"default": owner_key, "ops": ops_key})
+    asyncio.run(wrong.obtain_keys())
+    with pytest.raises(ServeError, match="--ssl_config_file"):
+        wrong.load_tls()  # the default key is the model owner's: not this file's
+
+    missing = ModelServer(parse_serve_args([*args, "--ssl-config-key=ops"]), keys={"default": owner_key})
+    with pytest.raises(ServeError, match="--ssl-config-key ops: this server does not hold that key"):
+        missing._check_model_keys(missing._expected_key_names())
+    with pytest.raises(UsageError, match="--ssl-config-key"):
+        parse_serve_args([*args, "--ssl-config-key= ops"])

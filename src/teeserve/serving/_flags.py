@@ -212,6 +212,7 @@ class ServerOptions:
     wrap_key_file: str = ""
     path_map: tuple[tuple[str, str], ...] = ()
     model_keys: tuple[tuple[str, str], ...] = ()
+    ssl_config_key: str = "default"
     require_encrypted: bool = False
     drain_timeout: float = 20.0
     workers: int = 1
@@ -293,6 +294,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--model-key", dest="model_keys", action="append", default=[], metavar="MODEL=KEY",
         help="decrypt model MODEL with the wrap key named KEY instead of 'default' (e.g. one key per "
         "model owner, each obtained with --secret KEY); repeatable",
+    )
+    own.add_argument(
+        "--ssl-config-key", dest="ssl_config_key", default="default", metavar="KEY",
+        help="decrypt an encrypted --ssl_config_file with the wrap key named KEY (default: 'default'), "
+        "e.g. when the TLS material belongs to the operator and each model to its own owner",
     )
     own.add_argument(
         "--require-encrypted", dest="require_encrypted", nargs="?", const=True, default=False, type=parse_bool,
@@ -416,6 +422,9 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         if not values["model_config_file"] and model != values["model_name"]:
             raise UsageError(f"--model-key {item}: this server serves only {values['model_name']!r}")
         model_keys.append((model, key))
+    ssl_config_key = getattr(ns, "ssl_config_key", "default") or ""
+    if not ssl_config_key.strip() or ssl_config_key != ssl_config_key.strip():
+        raise UsageError(f"--ssl-config-key: expected a key name, got {ssl_config_key!r}")
     drain = float(ns.drain_timeout)
     if not 0 <= drain <= 3600:
         raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain:g}")
@@ -442,6 +451,7 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         wrap_key_file=ns.wrap_key_file or "",
         path_map=tuple(path_map),
         model_keys=tuple(model_keys),
+        ssl_config_key=ssl_config_key,
         require_encrypted=bool(getattr(ns, "require_encrypted", False)),
         drain_timeout=drain,
         workers=workers,

@@ -231,6 +231,10 @@ class ModelServer:
         if missing:
             raise ServeError(f"--model-key names key(s) this server does not hold: {', '.join(missing)} "
                              "(obtain them with --secret NAME from the key broker)")
+        key = self.options.ssl_config_key
+        if key != "default" and self.options.ssl_config_file and key not in held:
+            raise ServeError(f"--ssl-config-key {key}: this server does not hold that key "
+                             "(obtain it with --secret NAME from the key broker)")
 
     async def _obtain_from_broker(self) -> None:
         from ..broker import BrokerUnreachable, KeyReleaseDenied, obtain_from_env, obtain_secrets
@@ -284,7 +288,8 @@ class ModelServer:
         from ._secrets import FileReadError
 
         try:
-            data, protected = self.keyring.read_maybe_protected(path, path_map=self.options.path_map)
+            data, protected = self.keyring.read_maybe_protected(path, key_name=self.options.ssl_config_key,
+                                                                path_map=self.options.path_map)
         except FileReadError as exc:
             raise ServeError(f"--ssl_config_file: {exc}") from None
         except OSError as exc:
