@@ -545,6 +545,10 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def answer_all() -> None:
+        for token in list(answers):
+            answered(token)
+
     async def apply(data: bytes, rid: int) -> None:
         await server.apply_relayed_reload(data)
         sender.send(("applied", rid))
@@ -560,8 +564,7 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
             except (EOFError, OSError):
                 with contextlib.suppress(RuntimeError):  # the loop has already finished
                     loop.call_soon_threadsafe(server.request_stop)
-                    for token in list(answers):  # no supervisor to wait for: answer pending reloads
-                        loop.call_soon_threadsafe(answered, token)
+                    loop.call_soon_threadsafe(answer_all)  # no supervisor to wait for any more
                 return
             with contextlib.suppress(RuntimeError):
                 if msg[0] == "reload":
