@@ -25,25 +25,33 @@ def _images(n: int = 1, seed: int = 0) -> np.ndarray:
 
 def test_first_run_sets_the_estimate() -> None:
     v = LoadedVersion("m", 1)
-    assert v.run_seconds == math.inf
-    v.note_run(0.002, on_loop=False)
-    assert v.run_seconds == 0.002
+    assert v.run_seconds == math.inf and v.estimate(100) == math.inf
+    v.note_run(0.002, 1000, on_loop=False)
+    assert v.run_seconds == 0.002 and v.run_seconds_per_byte == pytest.approx(2e-6)
 
 
 def test_a_slower_run_on_the_loop_counts_at_once_a_faster_one_gradually() -> None:
-    v = LoadedVersion("m", 1, run_seconds=0.0001)
-    v.note_run(0.05, on_loop=True)
+    v = LoadedVersion("m", 1, run_seconds=0.0001, run_seconds_per_byte=1e-7)
+    v.note_run(0.05, 1000, on_loop=True)
     assert v.run_seconds == 0.05  # the loop must not stall a second time
-    v.note_run(0.0001, on_loop=True, weight=0.5)
+    v.note_run(0.0001, 1000, on_loop=True, weight=0.5)
     assert v.run_seconds == pytest.approx((0.05 + 0.0001) / 2)
 
 
 def test_a_faster_run_on_a_worker_counts_at_once_a_slower_one_gradually() -> None:
-    v = LoadedVersion("m", 1, run_seconds=0.004)
-    v.note_run(0.008, on_loop=False, weight=0.25)  # may be a wait for the GIL, not the model
+    v = LoadedVersion("m", 1, run_seconds=0.004, run_seconds_per_byte=4e-6)
+    v.note_run(0.008, 1000, on_loop=False, weight=0.25)  # may be a wait for the GIL, not the model
     assert v.run_seconds == pytest.approx(0.005)
-    v.note_run(0.0001, on_loop=False)  # a fast run proves the model fast
+    v.note_run(0.0001, 1000, on_loop=False)  # a fast run proves the model fast
     assert v.run_seconds == 0.0001
+
+
+def test_the_estimate_scales_up_with_the_request_but_never_down() -> None:
+    v = LoadedVersion("m", 1)
+    v.note_run(0.0002, 256, on_loop=False)  # one row: 0.2 ms
+    assert v.estimate(256) == pytest.approx(0.0002)
+    assert v.estimate(64 * 256) == pytest.approx(64 * 0.0002)  # 64 rows: not a 0.2 ms guess
+    assert v.estimate(16) == pytest.approx(0.0002)  # a fixed cost does not shrink with the input
 
 
 # --- the core ------------------------------------------------------------------------------------
@@ -119,6 +127,23 @@ def test_a_model_that_turns_slow_goes_back_to_the_pool(core: Any, loop_thread: A
         loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
     assert slow_on_loop == 1, "after one slow run on the loop, the model runs on the pool"
     assert all(ident != loop for ident, _ in runs[-4:])
+
+
+def test_a_request_much_bigger_than_the_last_ones_goes_to_the_pool(core: Any, loop_thread: Any,
+                                                                  runs: list[tuple[int, int]]) -> None:
+    loop = _loop_ident(loop_thread)
+    for i in range(4):
+        loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
+    assert runs[-1][0] == loop
+    with core._models["digits"].acquire(ModelRef("digits")) as entry:
+        # as if the last runs said: 1 KiB of input takes INLINE_RUN_S
+        entry.run_seconds, entry.run_seconds_per_byte = 1e-5, _core.INLINE_RUN_S / 1024
+    loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(8)}))  # 2 KiB
+    assert runs[-1][0] != loop and runs[-1][1] == 8 * 256
+    with core._models["digits"].acquire(ModelRef("digits")) as entry:
+        entry.run_seconds, entry.run_seconds_per_byte = 1e-5, _core.INLINE_RUN_S / 1024
+    loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(1)}))  # 256 bytes
+    assert runs[-1] == (loop, 256)
 
 
 def test_with_batching_nothing_runs_on_the_loop(make_core: Any, onnx_model_dir: Any, loop_thread: Any,

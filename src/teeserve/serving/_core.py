@@ -35,8 +35,8 @@ Strategy: request validation is shared, pure code (``backends/_run.py``); infere
 threads (``backends/_pool.py``; ``inference_threads``, default max(4, 2 x cores)); model loads run
 in a separate small pool so a large load does not delay requests; the optional batcher sits between
 validation and the workers. One exception keeps small models fast: a Predict whose version has
-lately run in under ``INLINE_RUN_S`` on inputs of at most ``INLINE_MAX_BYTES`` runs on the event
-loop itself, because the hand-off to a worker thread and back (a queue, a wake-up, two GIL
+lately run in under ``INLINE_RUN_S`` (scaled up to this request's size), on numeric inputs of at
+most ``INLINE_MAX_BYTES``, runs on the event loop itself, because the hand-off to a worker thread and back (a queue, a wake-up, two GIL
 hand-overs) then costs more than the model: for the digits model, moving it onto the loop took the
 server CPU of a REST request from about 600 to 400-500 µs. The estimate follows each version's run
 times (``LoadedVersion.note_run``), so a model that turns out slow, or a bigger request, goes back to
@@ -341,14 +341,16 @@ class ServingCore:
                     entry.batch_queues[key] = queue
                 outputs = await queue.submit(prep.inputs, prep.batch_size)
             else:
-                on_loop = entry.run_seconds < INLINE_RUN_S and \
-                    sum(a.nbytes for a in prep.inputs.values()) <= INLINE_MAX_BYTES
+                # Object arrays (strings) hold their bytes outside nbytes: those always go to the pool.
+                nbytes = sum(a.nbytes for a in prep.inputs.values())
+                on_loop = nbytes <= INLINE_MAX_BYTES and entry.estimate(nbytes) < INLINE_RUN_S and \
+                    not any(a.dtype.hasobject for a in prep.inputs.values())
                 if on_loop:
                     outputs, took = _timed_run(servable, prep.signature_name, prep.inputs, prep.output_aliases)
                 else:
                     outputs, took = await self._pool.submit(_timed_run, servable, prep.signature_name,
                                                             prep.inputs, prep.output_aliases)
-                entry.note_run(took, on_loop=on_loop)
+                entry.note_run(took, nbytes, on_loop=on_loop)
             METRICS.record_runtime(ref.name, "Predict", servable.runtime, time.perf_counter() - start)
             return PredictResult(ref.name, entry.number, prep.signature_name,
                                  {a: outputs[a] for a in prep.output_aliases})

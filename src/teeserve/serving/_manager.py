@@ -59,25 +59,36 @@ class LoadedVersion:
     drained_loop: asyncio.AbstractEventLoop | None = None
     batch_queues: dict[Any, BatchQueue] = field(default_factory=dict)
     batching: BatchingOptions | None = None  # this version's own batching_params.pbtxt, if any
-    #: Estimate of this version's run time (seconds; inf until the first run), which decides
-    #: whether a Predict may run on the event loop (see ``_core.INLINE_RUN_S``).
+    #: Estimates of this version's run time (seconds, and seconds per input byte; inf until the
+    #: first run), which decide whether a Predict may run on the event loop (``_core.INLINE_RUN_S``).
     run_seconds: float = math.inf
+    run_seconds_per_byte: float = math.inf
 
-    def note_run(self, seconds: float, *, on_loop: bool, weight: float = 0.1) -> None:
-        """Update :attr:`run_seconds` with one run's wall time.
+    def estimate(self, nbytes: int) -> float:
+        """Expected run time for ``nbytes`` of inputs: never below the last runs' time (a fixed
+        cost), and scaled up by size (a bigger batch of the same model takes longer)."""
+        return max(self.run_seconds, self.run_seconds_per_byte * nbytes)
+
+    def note_run(self, seconds: float, nbytes: int, *, on_loop: bool, weight: float = 0.1) -> None:
+        """Update the estimates with one run's wall time and input size.
 
         A run on the loop measures the model alone: a slower one counts at once (the loop must not
         stall twice), faster ones pull the estimate down gradually. A run on a worker thread also
         includes the wait to get the GIL back from a busy loop, so there it is the other way round:
         a fast run proves the model fast at once, slow ones raise the estimate gradually.
         """
-        if self.run_seconds == math.inf or (seconds > self.run_seconds) == on_loop:
-            self.run_seconds = seconds
-        else:
-            self.run_seconds += weight * (seconds - self.run_seconds)
+        self.run_seconds = _follow(self.run_seconds, seconds, on_loop, weight)
+        self.run_seconds_per_byte = _follow(self.run_seconds_per_byte, seconds / max(nbytes, 1), on_loop, weight)
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.number, self.state, self.error_code, self.error_message)
+
+
+def _follow(estimate: float, sample: float, on_loop: bool, weight: float) -> float:
+    """One step of :meth:`LoadedVersion.note_run` for one estimate."""
+    if estimate == math.inf or (sample > estimate) == on_loop:
+        return sample
+    return estimate + weight * (sample - estimate)
 
 
 def _set_event(event: asyncio.Event, loop: asyncio.AbstractEventLoop | None) -> None:

@@ -179,6 +179,8 @@ class ModelServer:
         self._on_up = on_up
         self._initial_reload = initial_reload
         self._core_started = asyncio.Event()
+        #: Relayed reloads that arrived while the core was starting (a worker applies them before it listens).
+        self._queued_reloads: list[bytes] = []
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
@@ -467,6 +469,8 @@ class ModelServer:
                 raise ServeError(f"model loading failed: {exc}") from exc
             if self._initial_reload is not None:
                 await self.apply_relayed_reload(self._initial_reload, started=True)
+            while self._queued_reloads:  # relayed meanwhile: applied before this worker listens
+                await self.apply_relayed_reload(self._queued_reloads.pop(0), started=True)
             self._core_started.set()
             self._after_load(t0)
             await self.start_grpc()
@@ -523,8 +527,11 @@ class ModelServer:
         worker's core has started, so one relayed during its start-up is applied right after it)."""
         from .._proto import pb
 
-        if not started:
+        if not started and not self._core_started.is_set():
+            # Starting: the start-up applies it before listening (one order, no overlap with it).
+            self._queued_reloads.append(data)
             await self._core_started.wait()
+            return
         try:
             await self.core.reload_config(pb.ModelServerConfig.FromString(data))
             log.info("model config reloaded (relayed from another worker)")

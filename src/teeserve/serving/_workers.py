@@ -334,8 +334,8 @@ class _Supervisor:
         elif kind == "reload":
             # To every worker, the sender too and starting ones (they apply it once their core has
             # started), in the order the supervisor got them: concurrent reloads on two workers end
-            # with the same last config everywhere. The sender's call returns once the workers that
-            # serve now have applied it (a starting one listens only after it has).
+            # with the same last config everywhere. The sender's call returns once every running
+            # worker has applied it (a starting one applies it before it listens, then says so).
             _, data, token = msg
             self.last_reload = data
             self._relay_ids += 1
@@ -346,8 +346,7 @@ class _Supervisor:
                         other.conn.send(("reload", data, self._relay_ids))
                     except OSError:
                         continue
-                    if other.up:
-                        waiting.add(other.index)
+                    waiting.add(other.index)
             self._relays[self._relay_ids] = (w, token, waiting)
             self._settle_relays()
         elif kind == "applied":
@@ -362,7 +361,7 @@ class _Supervisor:
                 log.error("worker %d: %s", w.index, msg[2], extra={"worker": w.index})
 
     def _settle_relays(self) -> None:
-        """Tell each worker whose reload every serving worker has applied that it may answer."""
+        """Tell each worker whose reload every running worker has applied that it may answer."""
         for rid, (origin, token, waiting) in list(self._relays.items()):
             if waiting:
                 continue
@@ -531,7 +530,11 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
     tokens = itertools.count(1)
 
     async def relay(data: bytes) -> None:
-        """Pass an applied reload to the supervisor; return once every serving worker applied it."""
+        """Pass an applied reload to the supervisor; return once every running worker applied it
+        (at once when this worker drains or the supervisor is gone: nobody would answer)."""
+        if closing:
+            sender.send(("reload", data, 0))
+            return
         token = next(tokens)
         answers[token] = loop.create_future()
         try:
@@ -545,7 +548,12 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    closing = False
+
     def answer_all() -> None:
+        """Draining, or no supervisor: a reload call waiting for the others returns now."""
+        nonlocal closing
+        closing = True
         for token in list(answers):
             answered(token)
 
@@ -572,8 +580,10 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
                 elif msg[0] == "reloaded":
                     loop.call_soon_threadsafe(answered, msg[1])
                 elif msg[0] == "drain":  # as SIGTERM to a single server
+                    loop.call_soon_threadsafe(answer_all)  # the supervisor reads no answers now
                     loop.call_soon_threadsafe(server.on_signal, signal.SIGTERM)
                 elif msg[0] == "stop":  # the supervisor got a second signal: no more waiting
+                    loop.call_soon_threadsafe(answer_all)
                     server.stop_now("the supervisor was signalled again")
 
     threading.Thread(target=listen, name="teeserve-supervisor-pipe", daemon=True).start()
