@@ -75,6 +75,20 @@ def _loop_ident(loop_thread: Any) -> int:
     return loop_thread.call(threading.get_ident)
 
 
+def _on_the_loop(core: Any, loop_thread: Any, runs: list[tuple[int, int]]) -> int:
+    """A few small Predicts, after which the digits model runs on the loop; the loop's thread id."""
+    loop = _loop_ident(loop_thread)
+    for i in range(4):
+        loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
+    assert runs[-1][0] == loop
+    return loop
+
+
+def _pretend_last_runs(core: Any, seconds: float, seconds_per_byte: float) -> None:
+    with core._models["digits"].acquire(ModelRef("digits")) as entry:
+        entry.run_seconds, entry.run_seconds_per_byte = seconds, seconds_per_byte
+
+
 def test_a_fast_model_runs_on_the_loop_after_its_first_run(core: Any, loop_thread: Any,
                                                            runs: list[tuple[int, int]]) -> None:
     loop = _loop_ident(loop_thread)
@@ -95,10 +109,7 @@ def test_a_fast_model_runs_on_the_loop_after_its_first_run(core: Any, loop_threa
 
 def test_a_big_request_goes_to_the_pool_even_for_a_fast_model(core: Any, loop_thread: Any,
                                                               runs: list[tuple[int, int]]) -> None:
-    loop = _loop_ident(loop_thread)
-    for i in range(4):
-        loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
-    assert runs[-1][0] == loop
+    loop = _on_the_loop(core, loop_thread, runs)
     big = _images(_core.INLINE_MAX_BYTES // (8 * 8 * 4) + 1)
     assert big.nbytes > _core.INLINE_MAX_BYTES
     loop_thread.run(core.predict(ModelRef("digits"), "", {"images": big}))
@@ -107,10 +118,7 @@ def test_a_big_request_goes_to_the_pool_even_for_a_fast_model(core: Any, loop_th
 
 def test_a_model_that_turns_slow_goes_back_to_the_pool(core: Any, loop_thread: Any, runs: list[tuple[int, int]],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = _loop_ident(loop_thread)
-    for i in range(4):
-        loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
-    assert runs[-1][0] == loop
+    loop = _on_the_loop(core, loop_thread, runs)
     spy = _core._timed_run
     slow_on_loop = 0
 
@@ -131,17 +139,11 @@ def test_a_model_that_turns_slow_goes_back_to_the_pool(core: Any, loop_thread: A
 
 def test_a_request_much_bigger_than_the_last_ones_goes_to_the_pool(core: Any, loop_thread: Any,
                                                                   runs: list[tuple[int, int]]) -> None:
-    loop = _loop_ident(loop_thread)
-    for i in range(4):
-        loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(seed=i)}))
-    assert runs[-1][0] == loop
-    with core._models["digits"].acquire(ModelRef("digits")) as entry:
-        # as if the last runs said: 1 KiB of input takes INLINE_RUN_S
-        entry.run_seconds, entry.run_seconds_per_byte = 1e-5, _core.INLINE_RUN_S / 1024
+    loop = _on_the_loop(core, loop_thread, runs)
+    _pretend_last_runs(core, 1e-5, _core.INLINE_RUN_S / 1024)  # 1 KiB of input takes INLINE_RUN_S
     loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(8)}))  # 2 KiB
     assert runs[-1][0] != loop and runs[-1][1] == 8 * 256
-    with core._models["digits"].acquire(ModelRef("digits")) as entry:
-        entry.run_seconds, entry.run_seconds_per_byte = 1e-5, _core.INLINE_RUN_S / 1024
+    _pretend_last_runs(core, 1e-5, _core.INLINE_RUN_S / 1024)
     loop_thread.run(core.predict(ModelRef("digits"), "", {"images": _images(1)}))  # 256 bytes
     assert runs[-1] == (loop, 256)
 

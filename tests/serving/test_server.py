@@ -495,6 +495,6 @@ def test_ssl_config_key_decrypts_ssl_cfg_with_a_named_key(tls_dir: Path, tmp_pat
 
     missing = ModelServer(parse_serve_args([*args, "--ssl-config-key=ops"]), keys={"default": owner_key})
     with pytest.raises(ServeError, match="--ssl-config-key ops: this server does not hold that key"):
-        missing._check_model_keys(missing._expected_key_names())
+        missing._check_key_names(missing._expected_key_names())
     with pytest.raises(UsageError, match="--ssl-config-key"):
         parse_serve_args([*args, "--ssl-config-key= ops"])

@@ -36,8 +36,8 @@ threads (``backends/_pool.py``; ``inference_threads``, default max(4, 2 x cores)
 in a separate small pool so a large load does not delay requests; the optional batcher sits between
 validation and the workers. One exception keeps small models fast: a Predict whose version has
 lately run in under ``INLINE_RUN_S`` (scaled up to this request's size), on numeric inputs of at
-most ``INLINE_MAX_BYTES``, runs on the event loop itself, because the hand-off to a worker thread and back (a queue, a wake-up, two GIL
-hand-overs) then costs more than the model: for the digits model, moving it onto the loop took the
+most ``INLINE_MAX_BYTES``, runs on the event loop itself, because the hand-off to a worker thread
+and back (a queue, a wake-up, two GIL hand-overs) then costs more than the model: for the digits model, moving it onto the loop took the
 server CPU of a REST request from about 600 to 400-500 µs. The estimate follows each version's run
 times (``LoadedVersion.note_run``), so a model that turns out slow, or a bigger request, goes back to
 the workers, and the loop stalls for about ``INLINE_RUN_S`` at most.
@@ -374,9 +374,8 @@ class ServingCore:
             assert servable is not None
             prep = prepare_predict(servable, signature_name, inputs, output_filter,
                                    check_method=self.options.enable_signature_method_name_check)
-            start = time.perf_counter()
-            outputs = servable.run(prep.signature_name, prep.inputs, prep.output_aliases)
-            METRICS.record_runtime(ref.name, "Predict", servable.runtime, time.perf_counter() - start)
+            outputs, took = _timed_run(servable, prep.signature_name, prep.inputs, prep.output_aliases)
+            METRICS.record_runtime(ref.name, "Predict", servable.runtime, took)
             return PredictResult(ref.name, entry.number, prep.signature_name,
                                  {a: outputs[a] for a in prep.output_aliases})
 

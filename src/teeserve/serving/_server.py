@@ -177,10 +177,10 @@ class ModelServer:
         self._reuse_port = reuse_port
         self._on_reload = on_reload
         self._on_up = on_up
-        self._initial_reload = initial_reload
         self._core_started = asyncio.Event()
-        #: Relayed reloads that arrived while the core was starting (a worker applies them before it listens).
-        self._queued_reloads: list[bytes] = []
+        #: Relayed reloads to apply before this worker listens: the last one before it (re)started,
+        #: then those that arrive while its core starts.
+        self._queued_reloads: list[bytes] = [initial_reload] if initial_reload is not None else []
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
@@ -228,7 +228,8 @@ class ModelServer:
             names |= set(self.options.secrets) or {"default"}
         return names
 
-    def _check_model_keys(self, held: set[str]) -> None:
+    def _check_key_names(self, held: set[str]) -> None:
+        """Every key that --model-key and --ssl-config-key name must be among ``held``."""
         missing = sorted({key for _, key in self.options.model_keys if key not in held})
         if missing:
             raise ServeError(f"--model-key names key(s) this server does not hold: {', '.join(missing)} "
@@ -452,9 +453,9 @@ class ModelServer:
         t0 = time.perf_counter()
         for name in o.accepted_only:
             log.info("flag accepted without effect", extra={"flag": f"--{name}"})
-        self._check_model_keys(self._expected_key_names())  # before attesting: no release for nothing
+        self._check_key_names(self._expected_key_names())  # before attesting: no release for nothing
         await self.obtain_keys()
-        self._check_model_keys(set(self.keyring.names()))
+        self._check_key_names(set(self.keyring.names()))
         self.tls = self.load_tls()
         self.core = self.make_core()
         if self._reuse_port:
@@ -467,9 +468,7 @@ class ModelServer:
                 raise
             except Exception as exc:
                 raise ServeError(f"model loading failed: {exc}") from exc
-            if self._initial_reload is not None:
-                await self.apply_relayed_reload(self._initial_reload, started=True)
-            while self._queued_reloads:  # relayed meanwhile: applied before this worker listens
+            while self._queued_reloads:  # applied before this worker listens
                 await self.apply_relayed_reload(self._queued_reloads.pop(0), started=True)
             self._core_started.set()
             self._after_load(t0)

@@ -114,7 +114,7 @@ def run_workers(options: ServerOptions) -> int:
         for sock in reserved:
             stack.callback(sock.close)
         keyring_owner = ModelServer(options)
-        keyring_owner._check_model_keys(keyring_owner._expected_key_names())  # before attesting, too
+        keyring_owner._check_key_names(keyring_owner._expected_key_names())  # before attesting, too
         previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
         try:
             asyncio.run(keyring_owner.obtain_keys())
