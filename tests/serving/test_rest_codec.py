@@ -14,9 +14,12 @@ import time
 import numpy as np
 import pytest
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teeserve._proto import pb
 from teeserve.serving import Code, ServingError, Signature, TensorSpec, VersionState, VersionStatus
+from teeserve.serving.rest import _codec
 from teeserve.serving.rest import (
     Endpoint,
     RequestFormat,
@@ -293,6 +296,122 @@ def test_nan_infinity_round_trip_through_codec() -> None:
     _, t = decode('{"instances": [NaN, Infinity, -Infinity, 2.5]}', x=F)
     text = encode_predict_response({"y": t["x"]}, RequestFormat.ROW)
     assert text == b'{"predictions":[NaN,Infinity,-Infinity,2.5]}'
+
+
+@pytest.mark.parametrize(
+    "body, maybe",
+    [
+        (b"[1234567890123456789]", True),  # 19 digits: maybe beyond int64
+        (b"[-99999999999999999999]", True),
+        (b"[123456789012345678]", False),  # 18 digits always fit
+        (b"[0.12345678901234567890123]", False),  # a long fraction is a float either way
+        (b"[0.12345678901234567890123, 12345678901234567890]", True),
+        (b'{"s": "12345678901234567890"}', True),  # inside a string: a needless but harmless fallback
+        (b"1234567890123456789", True),
+        (b"", False),
+    ],
+)
+def test_long_integer_literals_are_spotted(body: bytes, maybe: bool) -> None:
+    assert _codec._maybe_long_int(body) is maybe
+
+
+_JSON_LEAVES = (
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.floats(width=32) | st.text()
+)
+_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.lists(inner, max_size=5)
+                     | st.dictionaries(st.text(max_size=5), inner, max_size=5), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_documents_parse_exactly_as_the_stdlib_reads_them(value: object) -> None:
+    """orjson reads most bodies; the result must be the stdlib's to the type (an int stays an int)."""
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        body = text.encode("utf-8", "surrogatepass")
+        try:
+            want = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            with pytest.raises(UnicodeDecodeError):
+                _codec._loads(body)
+            continue
+        assert repr(_codec._loads(body)) == repr(want)
+
+
+def _stdlib_written(outputs: dict[str, np.ndarray], fmt: RequestFormat, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    with monkeypatch.context() as m:
+        m.setattr(_codec, "_encode_native", lambda *a: None)
+        return encode_predict_response(outputs, fmt)
+
+
+def _per_output(doc: dict, names: list[str]) -> dict[str, object]:
+    """Each output's values from a predict response document, whatever its layout."""
+    (key, value), = doc.items()
+    if len(names) == 1:
+        return {names[0]: value}
+    if key == "outputs":
+        return value
+    return {n: [row[n] for row in value] for n in names}
+
+
+def _same_values(got: object, want: object, dtype: np.dtype) -> None:
+    """Equal values bit for bit in the tensor's own dtype (float32 texts may differ in digits)."""
+    g, w = np.array(got, dtype=dtype), np.array(want, dtype=dtype)
+    assert g.shape == w.shape
+    np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+    assert np.array(got).dtype.kind == np.array(want).dtype.kind  # no int written as a float, etc.
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.array([[0.2, 1, 3.4028235e38, 1e-45, -0.0]], np.float32),
+        np.array([[0.1, 1e300, 5e-324]], np.float64),
+        np.array([[0.1, 65504, 6e-8]], np.float16),  # written as float32, as TF Serving
+        np.array([[-128, 127]], np.int8),
+        np.array([[0, 2**64 - 1]], np.uint64),
+        np.array([[-(2**63), 2**63 - 1]], np.int64).astype(np.longlong),  # what ORT returns
+        np.array([[1, 2]], np.dtype(">i4")),  # not native byte order
+        np.array([[1.5, 2.5]], np.dtype(">f4")),
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        np.array([[True, False]]),
+        np.zeros((2, 0), np.float32),
+    ],
+    ids=lambda a: f"{a.dtype.str}-{a.shape}-{'C' if a.flags.c_contiguous else 'F'}",
+)
+@pytest.mark.parametrize("fmt", [RequestFormat.ROW, RequestFormat.COLUMNAR])
+def test_numpy_outputs_written_by_orjson_read_back_as_the_stdlib_path(
+        arr: np.ndarray, fmt: RequestFormat, monkeypatch: pytest.MonkeyPatch) -> None:
+    canon = arr.astype(np.float32 if arr.dtype == np.float16 else arr.dtype.newbyteorder("="))
+    for outputs, dtypes in (({"y": arr}, {"y": canon.dtype}),
+                            ({"y": arr, "k": np.arange(arr.shape[0], dtype=np.longlong)},
+                             {"y": canon.dtype, "k": np.dtype(np.int64)})):
+        native = _codec._encode_native({n: np.asarray(a) for n, a in outputs.items()}, sorted(outputs), fmt,
+                                       arr.shape[0])
+        assert native is not None, "finite numbers and booleans are written by orjson"
+        assert encode_predict_response(outputs, fmt) == native
+        names = sorted(outputs)
+        got = _per_output(json.loads(native), names)
+        want = _per_output(json.loads(_stdlib_written(outputs, fmt, monkeypatch)), names)
+        assert got.keys() == want.keys()
+        for n in names:
+            _same_values(got[n], want[n], dtypes[n])
+
+
+def test_zero_dim_columnar_output_is_a_scalar() -> None:
+    assert encode_predict_response({"k": np.array(3, np.longlong)}, RequestFormat.COLUMNAR) == b'{"outputs":3}'
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**32 - 1), min_size=1, max_size=40))
+def test_any_float32_bit_pattern_round_trips(bits: list[int]) -> None:
+    values = np.array(bits, np.uint32).view(np.float32)
+    text = encode_predict_response({"y": values}, RequestFormat.COLUMNAR)
+    back = np.array(json.loads(text)["outputs"], dtype=np.float32)
+    finite = np.isfinite(values)
+    np.testing.assert_array_equal(back[finite].view(np.uint32), values[finite].view(np.uint32))
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(values))  # NaN/Infinity tokens: the stdlib path
+    np.testing.assert_array_equal(back[np.isinf(values)], values[np.isinf(values)])
 
 
 # --- classify / regress --------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ Predict decoding is split in two steps because the signature's input dtypes are 
 values and come from the core: :func:`parse_predict` (JSON → document + signature name) and
 :func:`predict_inputs` (document + input specs → numpy arrays).
 
-Speed: a request is parsed with the stdlib's C JSON scanner (it accepts the non-standard ``NaN``,
-``Infinity`` and ``-Infinity`` tokens) and each numeric tensor is converted in a few numpy passes over
+Speed: a request is parsed by orjson; a document orjson refuses (the non-standard ``NaN``, ``Infinity``
+and ``-Infinity`` tokens, lone surrogates, malformed JSON) or one with an integer too long for 64 bits
+(orjson would read it as a float) goes to the stdlib's C scanner, which accepts the tokens and words the
+errors. Each numeric tensor is converted in a few numpy passes over
 the nested lists (an object array, the set of its leaf types, one cast). Only when that fast path
 cannot prove the value well-formed (ragged lists, wrong leaf types, out-of-range values) or the tensor
 holds strings does a per-leaf walk run, which also produces TF Serving's exact error message. Measured
@@ -21,7 +23,10 @@ here: a 1x224x224x3 float request (3.2 MB of JSON) parses in ~0.1 s, almost all 
 scanner.
 Floats are written in their shortest round-trip form for their own precision (a float32 ``0.2`` is
 written ``0.2``, not ``0.20000000298023224``), whole numbers with a trailing ``.0``, and non-finite
-values as ``NaN``/``Infinity``/``-Infinity``, as TF Serving does.
+values as ``NaN``/``Infinity``/``-Infinity``, as TF Serving does. Numeric and boolean outputs with no
+non-finite value are written by orjson straight from the numpy arrays (its float32 form is the
+shortest that reads back as the same float32, e.g. ``3.4671703e-9``); the rest by the stdlib encoder.
+Each reads back as the exact value; only the text can differ from TF Serving's ``%.9g``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import binascii
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .._types import Code, ServingError, Signature, TensorSpec, VersionStatus
 
@@ -143,7 +150,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not body or body.isspace():
         raise _bad("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body.decode("utf-8"))  # UTF-8 only, as TF Serving (rapidjson)
+        doc = _loads(body)
     except json.JSONDecodeError as exc:
         raise _bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     except UnicodeDecodeError as exc:
@@ -153,6 +160,39 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise _bad(f"JSON Value: ({_json_type(doc)}) Is not object")
     return doc
+
+
+# orjson reads an integer literal beyond 64 bits as a float; the stdlib keeps it an int, which the dtype
+# checks need (an int64 input must say "out of range", not "got float"). A body with 19 digits in a row,
+# other than right after a decimal point, goes to the stdlib.
+_DIGIT_TO_D = bytes.maketrans(b"0123456789", b"d" * 10)
+_LONG_RUN = b"d" * 19
+_NOT_D = re.compile(rb"[^d]")
+
+
+def _maybe_long_int(body: bytes) -> bool:
+    """Whether ``body`` may hold an integer literal too long for 64 bits (a 19-digit run outside a
+    fraction); found with C-speed scans, since a regex with a repeat count is slow on float-heavy JSON."""
+    t = body.translate(_DIGIT_TO_D)
+    i = t.find(_LONG_RUN)
+    while i >= 0:
+        if i == 0 or t[i - 1] != 0x2E:  # not after "."
+            return True
+        end = _NOT_D.search(t, i)
+        if end is None:
+            return False
+        i = t.find(_LONG_RUN, end.start())
+    return False
+
+
+def _loads(body: bytes) -> Any:
+    """orjson when it reads the document exactly as the stdlib would, else the stdlib."""
+    if not _maybe_long_int(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # NaN/Infinity, a lone surrogate or an error: the stdlib accepts or words it
+    return json.loads(body.decode("utf-8"))  # UTF-8 only, as TF Serving (rapidjson)
 
 
 def _signature_name(doc: Mapping[str, Any]) -> str:
@@ -570,6 +610,47 @@ def _json_values(arr: np.ndarray, name: str) -> Any:
     raise _bad(f"Failed to write JSON value for tensor type: {arr.dtype}")
 
 
+def _native(arr: np.ndarray) -> Any:
+    """``arr`` in a form orjson writes itself, or ``None`` when the stdlib path must write it: strings
+    and non-finite floats (orjson would write ``null``, TF Serving writes ``NaN``/``Infinity``)."""
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "f":
+        if size == 2:
+            arr = arr.astype(np.float32)  # exact; TF Serving writes half values as floats
+        elif size not in (4, 8):
+            return None
+        if not np.isfinite(arr).all():
+            return None
+    elif kind not in "iub":
+        return None
+    # native order, and int64 rather than the longlong that ORT returns (orjson knows only the first)
+    canon = np.dtype(np.bool_) if kind == "b" else np.dtype(f"{kind}{arr.dtype.itemsize}")
+    if arr.dtype.type is not canon.type or not arr.dtype.isnative:
+        arr = arr.view(canon) if arr.dtype.isnative else arr.astype(canon)
+    if arr.ndim == 0:
+        return arr[()]  # a numpy scalar (orjson writes no 0-d arrays)
+    return np.ascontiguousarray(arr)
+
+
+def _encode_native(arrays: Mapping[str, np.ndarray], names: list[str], fmt: RequestFormat,
+                   batch: int) -> bytes | None:
+    """The predict response written by orjson from the arrays themselves (no Python list per value);
+    ``None`` when some output needs the stdlib path."""
+    native = {}
+    for n in names:
+        a = _native(arrays[n])
+        if a is None:
+            return None
+        native[n] = a
+    if fmt is RequestFormat.COLUMNAR:
+        doc: Any = {"outputs": native[names[0]] if len(names) == 1 else native}
+    elif len(names) == 1:
+        doc = {"predictions": native[names[0]]}
+    else:
+        doc = {"predictions": [{n: native[n][i] for n in names} for i in range(batch)]}
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: RequestFormat) -> bytes:
     """``{"predictions": ...}`` (row) or ``{"outputs": ...}`` (columnar); one output → name dropped."""
     if not outputs:
@@ -577,6 +658,9 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: RequestForma
     names = sorted(outputs)
     arrays = {n: np.asarray(outputs[n]) for n in names}
     if fmt is RequestFormat.COLUMNAR:
+        data = _encode_native(arrays, names, fmt, 0)
+        if data is not None:
+            return data
         if len(names) == 1:
             return encode_json({"outputs": _json_values(arrays[names[0]], names[0])})
         return encode_json({"outputs": {n: _json_values(arrays[n], n) for n in names}})
@@ -588,6 +672,9 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: RequestForma
         if batch >= 0 and a.shape[0] != batch:
             raise _bad(f"Tensor name: {n} has inconsistent batch size: {a.shape[0]} expecting: {batch}")
         batch = a.shape[0]
+    data = _encode_native(arrays, names, fmt, batch)
+    if data is not None:
+        return data
     if len(names) == 1:
         return encode_json({"predictions": _json_values(arrays[names[0]], names[0])})
     columns = {n: _json_values(arrays[n], n) for n in names}
