@@ -109,6 +109,8 @@ _NUMERIC: dict[int, np.dtype[Any]] = {
 }
 # Largest integer each float type holds exactly (TF's IsLosslessDecimal).
 _FLOAT_EXACT_INT = {_DT_FLOAT: 2**24 - 1, _DT_DOUBLE: 2**53 - 1, _DT_HALF: 2**11 - 1}
+# Largest finite value of the narrower float types.
+_FLOAT_MAX = {_DT_FLOAT: float(np.finfo(np.float32).max), _DT_HALF: float(np.finfo(np.float16).max)}
 _MAX_RANK = 32  # numpy supports 64 dimensions; no model has more than a handful
 
 _BYTES_SUFFIX = "_bytes"
@@ -361,15 +363,17 @@ def _fast_array(value: Any, dtype: int) -> np.ndarray | None:
             return None
         if np_dtype.kind == "f":
             f64 = obj.astype(np.float64)
+            if np_dtype.itemsize == 8 and int not in kinds:
+                return f64  # double from doubles: nothing to check
             if not f64.size:
                 return f64.astype(np_dtype)
-            biggest = float(np.abs(f64).max())  # NaN compares False below, which is fine
+            biggest = float(np.abs(f64).max())  # NaN if there is one: every comparison below is False
             if int in kinds and biggest > _FLOAT_EXACT_INT[dtype]:
                 return None  # maybe an integer that the float type cannot hold exactly
-            if np_dtype.itemsize < 8:
-                fmax = float(np.finfo(np_dtype).max)
-                if biggest > fmax and bool(np.any(np.isfinite(f64) & (np.abs(f64) > fmax))):
-                    return None  # out of range (infinities are fine)
+            if np_dtype.itemsize == 8 or biggest <= _FLOAT_MAX[dtype]:
+                return f64.astype(np_dtype)  # finite and in range: the cast cannot overflow
+            if biggest > _FLOAT_MAX[dtype] and bool(np.any(np.isfinite(f64) & (np.abs(f64) > _FLOAT_MAX[dtype]))):
+                return None  # out of range (infinities are fine)
             with np.errstate(over="ignore"):  # a value within max that rounds up to inf: as TF's cast
                 return f64.astype(np_dtype)
         if float in kinds:
@@ -610,32 +614,47 @@ def _json_values(arr: np.ndarray, name: str) -> Any:
     raise _bad(f"Failed to write JSON value for tensor type: {arr.dtype}")
 
 
+# dtype -> the dtype orjson is given instead: native byte order, int64 rather than the longlong that
+# ONNX Runtime returns (orjson knows only the first), float32 for half (as TF Serving writes it); None
+# for what the stdlib path writes (strings, complex, long double).
+_ORJSON_DTYPES: dict[np.dtype[Any], np.dtype[Any] | None] = {}
+
+
+def _orjson_dtype(dt: np.dtype[Any]) -> np.dtype[Any] | None:
+    try:
+        return _ORJSON_DTYPES[dt]
+    except KeyError:
+        pass
+    kind, size = dt.kind, dt.itemsize
+    canon: np.dtype[Any] | None = None
+    if kind == "f" and size in (2, 4, 8):
+        canon = np.dtype(np.float32) if size == 2 else np.dtype(f"f{size}")
+    elif kind == "b":
+        canon = np.dtype(np.bool_)
+    elif kind in "iu":
+        canon = np.dtype(f"{kind}{size}")
+    if len(_ORJSON_DTYPES) < 64:
+        _ORJSON_DTYPES[dt] = canon
+    return canon
+
+
 def _native(arr: np.ndarray) -> Any:
-    """``arr`` in a form orjson writes itself, or ``None`` when the stdlib path must write it: strings
-    and non-finite floats (orjson would write ``null``, TF Serving writes ``NaN``/``Infinity``)."""
-    kind, size = arr.dtype.kind, arr.dtype.itemsize
-    if kind == "f":
-        if size == 2:
-            arr = arr.astype(np.float32)  # exact; TF Serving writes half values as floats
-        elif size not in (4, 8):
-            return None
-        if not np.isfinite(arr).all():
-            return None
-    elif kind not in "iub":
+    """``arr`` in a form orjson writes itself, or ``None`` when the stdlib path must write it."""
+    canon = _orjson_dtype(arr.dtype)
+    if canon is None:
         return None
-    # native order, and int64 rather than the longlong that ORT returns (orjson knows only the first)
-    canon = np.dtype(np.bool_) if kind == "b" else np.dtype(f"{kind}{arr.dtype.itemsize}")
-    if arr.dtype.type is not canon.type or not arr.dtype.isnative:
-        arr = arr.view(canon) if arr.dtype.isnative else arr.astype(canon)
+    if arr.dtype is not canon:
+        arr = arr.view(canon) if arr.dtype == canon else arr.astype(canon)  # longlong: a view
     if arr.ndim == 0:
         return arr[()]  # a numpy scalar (orjson writes no 0-d arrays)
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def _encode_native(arrays: Mapping[str, np.ndarray], names: list[str], fmt: RequestFormat,
                    batch: int) -> bytes | None:
     """The predict response written by orjson from the arrays themselves (no Python list per value);
-    ``None`` when some output needs the stdlib path."""
+    ``None`` when some output needs the stdlib path: strings, or a non-finite float (orjson writes
+    ``null`` for those, where TF Serving writes ``NaN``/``Infinity``)."""
     native = {}
     for n in names:
         a = _native(arrays[n])
@@ -648,7 +667,9 @@ def _encode_native(arrays: Mapping[str, np.ndarray], names: list[str], fmt: Requ
         doc = {"predictions": native[names[0]]}
     else:
         doc = {"predictions": [{n: native[n][i] for n in names} for i in range(batch)]}
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    # Only numbers and booleans are written here, so "null" can only be a NaN or an infinity.
+    return None if b"null" in data else data
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: RequestFormat) -> bytes:

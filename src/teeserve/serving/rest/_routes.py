@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -75,6 +76,7 @@ def _version(text: str | None) -> int | None:
     return value
 
 
+@functools.lru_cache(maxsize=512)  # a route is a pure function of its arguments; errors are not cached
 def route(method: str, path: str, monitoring_path: str | None = None) -> Route:
     """Map a request to an endpoint.
 
