@@ -201,6 +201,10 @@ def test_fake_predict_checks_dtypes() -> None:
         asyncio.run(core.predict(ModelRef("half"), "", {"x": np.zeros(2, dtype=np.float64)}))
 
 
+#: The event loop a ServerThread runs: the server's default (uvloop); test_rest_server runs on both.
+EVENT_LOOP = {"kind": "uvloop"}
+
+
 class ServerThread:
     """A REST server over ``core`` on 127.0.0.1, port 0, running its own event loop in a thread
     (the tests themselves are synchronous and talk raw HTTP to it)."""
@@ -214,7 +218,9 @@ class ServerThread:
         self.core = core
         kwargs.setdefault("metrics", Metrics(process_collector=False))
         self.metrics = kwargs["metrics"]
-        self.loop = asyncio.new_event_loop()
+        from teeserve.serving._eventloop import loop_factory
+
+        self.loop = loop_factory(EVENT_LOOP["kind"])()
         self._started = threading.Event()
         self._error: BaseException | None = None
 

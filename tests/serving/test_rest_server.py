@@ -14,21 +14,32 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_rest_fakes import FakeCore, ServerThread, http  # noqa: E402
+from test_rest_fakes import EVENT_LOOP, FakeCore, ServerThread, http  # noqa: E402
 
+from teeserve.serving._eventloop import loop_name  # noqa: E402
 from teeserve.serving.rest import DEFAULT_MONITORING_PATH  # noqa: E402
 
 MON = DEFAULT_MONITORING_PATH
 
 
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"], autouse=True)
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs on both loops: uvloop (the server's default) and the stdlib's."""
+    old = EVENT_LOOP["kind"]
+    EVENT_LOOP["kind"] = request.param
+    yield request.param
+    EVENT_LOOP["kind"] = old
+
+
 @pytest.fixture(scope="module")
-def srv():
+def srv(event_loop_kind: str):
     with ServerThread(FakeCore(), monitoring_path=MON, timeout_ms=2000, max_body_bytes=1 << 20) as server:
         yield server
 
@@ -38,6 +49,10 @@ def j(srv: ServerThread, method: str, path: str, body: object = None, **kw):
     status, headers, raw = http(srv.port, method, path, data, **kw)
     assert headers["content-type"].startswith("application/json"), headers
     return status, json.loads(raw)
+
+
+def test_the_server_runs_on_the_loop_asked_for(srv, event_loop_kind: str) -> None:
+    assert loop_name(srv.loop) == event_loop_kind
 
 
 # --- status and metadata ---------------------------------------------------------------------------

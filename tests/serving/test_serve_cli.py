@@ -150,6 +150,16 @@ def test_cli_help_documents_the_flags() -> None:
         assert flag in out.stdout
 
 
+def test_event_loop_option_does_not_change_the_measurement() -> None:
+    base = parse("--model_base_path=/m")
+    assert base.event_loop == "auto"
+    stdlib = parse("--model_base_path=/m --event-loop asyncio")
+    assert stdlib.event_loop == "asyncio"
+    assert stdlib.measured_config() == base.measured_config()  # capacity, not what is served
+    with pytest.raises(SystemExit):
+        parse("--model_base_path=/m --event-loop=libev")
+
+
 def test_parse_bool_rejects_garbage() -> None:
     import argparse
 

@@ -260,9 +260,10 @@ def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("event_loop, runs_on", [("auto", "uvloop"), ("asyncio", "asyncio")])
 def test_mutual_tls_on_grpc_and_rest_with_encrypted_ssl_cfg_and_model(
         tmp_path: Path, servers: list[ServerProcess], tls_dir: Path, encrypted_onnx_model_dir: Path,
-        wrap_key: bytes) -> None:
+        wrap_key: bytes, event_loop: str, runs_on: str) -> None:
     import httpx
 
     from teeserve import pf
@@ -276,7 +277,8 @@ def test_mutual_tls_on_grpc_and_rest_with_encrypted_ssl_cfg_and_model(
     ca = (tls_dir / "ca_cert.pem").read_bytes()
     ckey, ccert = (tls_dir / "client" / "key.pem").read_bytes(), (tls_dir / "client" / "cert.pem").read_bytes()
     s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={encrypted_onnx_model_dir}",
-                      f"--ssl_config_file={enc_cfg}", "--wrap-key", str(key_file), rest=True, tls=(ca, ckey, ccert))
+                      f"--ssl_config_file={enc_cfg}", "--wrap-key", str(key_file), f"--event-loop={event_loop}",
+                      rest=True, tls=(ca, ckey, ccert))
     servers.append(s)
 
     # gRPC, official stub, with the client certificate.
@@ -304,6 +306,7 @@ def test_mutual_tls_on_grpc_and_rest_with_encrypted_ssl_cfg_and_model(
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             client.get(f"https://localhost:{s.rest_port}/v1/models/digits", timeout=10)
     log = s.log()
+    assert f"event loop: {runs_on}" in log
     assert "NO TLS" not in log
     assert "ssl_config_encrypted=True" in log
     assert "PRIVATE KEY" not in log

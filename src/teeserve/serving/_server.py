@@ -625,7 +625,10 @@ async def serve(options: ServerOptions) -> int:
 async def serve_server(server: ModelServer, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     """:func:`serve` for a server already made. ``signals`` are handled on the loop (a ``--workers``
     worker passes none: its supervisor decides and tells it over the pipe)."""
+    from ._eventloop import loop_name
+
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s", loop_name(loop), extra={"event_loop": loop_name(loop)})
     for sig in signals:
         loop.add_signal_handler(sig, server.on_signal, sig)
     try:
@@ -685,4 +688,6 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
         from ._workers import run_workers
 
         return run_workers(options)
-    return asyncio.run(serve(options))
+    from . import _eventloop
+
+    return _eventloop.run(serve(options), options.event_loop)

@@ -490,9 +490,9 @@ def worker_main(conn: Connection, index: int) -> None:
     sender = _Sender(conn)
     code = 0
     try:
-        import asyncio
+        from . import _eventloop
 
-        code = asyncio.run(_serve(options, keys, initial_reload, conn, sender))
+        code = _eventloop.run(_serve(options, keys, initial_reload, conn, sender), options.event_loop)
     except TeeserveError as exc:
         sender.send(("fatal", exc.exit_code, str(exc)))
         code = exc.exit_code
