@@ -28,6 +28,27 @@ def test_auto_falls_back_to_the_stdlib_loop_without_uvloop(monkeypatch: pytest.M
     assert run(_running_loop_name(), "auto") == "asyncio"
 
 
+def test_auto_falls_back_when_uvloop_cannot_make_a_loop(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import uvloop
+
+    def broken() -> asyncio.AbstractEventLoop:
+        raise OSError(38, "Function not implemented")  # e.g. no eventfd in an old Gramine
+
+    monkeypatch.setattr(uvloop, "new_event_loop", broken)
+    assert run(_running_loop_name(), "auto") == "asyncio"
+    assert "uvloop cannot make an event loop here (OSError" in caplog.text
+    with pytest.raises(OSError):  # asked for by name: no silent fallback
+        run(_running_loop_name(), "uvloop")
+
+
+def test_the_uvloop_is_the_current_loop_as_with_asyncio_run() -> None:
+    async def current_is_running() -> bool:
+        return asyncio.get_event_loop() is asyncio.get_running_loop()
+
+    assert run(current_is_running(), "uvloop")
+
+
 def test_uvloop_asked_for_but_missing_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)
     with pytest.raises(UsageError, match="--event-loop uvloop: the uvloop package is not installed"):

@@ -338,6 +338,90 @@ def test_documents_parse_exactly_as_the_stdlib_reads_them(value: object) -> None
         assert repr(_codec._loads(body)) == repr(want)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"inputs": [1]}',  # a UTF-8 BOM
+        b'{"inputs": [1], "inputs": [2]}',  # duplicate keys: the last wins
+        b'{"inputs": ["a\tb"]}',  # a raw control character in a string
+        b'{"inputs": [NaN, Infinity, -Infinity]}',
+        b'{"inputs": [1e400, -1e400, -0, -0.0, 1E-400]}',
+        b'{"inputs": [18446744073709551615, 18446744073709551616, -9223372036854775809]}',
+        b'{"inputs": ["\\ud800"]}',  # an escaped lone surrogate
+        b'{"inputs": [1]} x',
+        b' \n\t\r{"inputs": [1]}\r\n ',
+        b'{"inputs": [1,]}',
+        b'{"inputs": [01]}',
+        b'{"inputs": [.5, 5., +1]}',
+        b'{"inputs": [true, false, null]}',
+        b'{"inputs": ["\xc3\xa9\xe2\x82\xac"]}',
+        b'{"inputs": ["\xed\xa0\x80"]}',  # a UTF-8-encoded surrogate: invalid UTF-8
+        b'{"a": ' + b"[" * 1100 + b"]" * 1100 + b"}",  # deeper than orjson reads
+    ],
+)
+def test_special_documents_parse_as_with_the_stdlib_alone(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    def outcome() -> object:
+        try:
+            return repr(_codec.parse_json(body))
+        except ServingError as exc:
+            return (exc.code, exc.message)
+
+    got = outcome()
+    monkeypatch.setattr(_codec, "_loads", lambda b: json.loads(b.decode("utf-8")))
+    assert got == outcome()
+
+
+def test_an_integer_too_long_to_convert_is_a_400_not_a_crash() -> None:
+    with pytest.raises(ServingError) as info:
+        parse_predict(b'{"inputs": [1' + b"0" * 5000 + b"]}")
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert info.value.message == "JSON Parse error: Number too big to be stored in double."
+
+
+_LEAF = (st.floats(allow_nan=True, allow_infinity=True) | st.floats(width=32)
+         | st.integers(min_value=-(2**65), max_value=2**65)
+         | st.sampled_from([16777216, 16777217, 2**53 + 1, 3.5e38, 1e39, 65504, 65520, 1e300, -1e39]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LEAF, min_size=1, max_size=6), st.sampled_from([F, D, HALF, I32, I64, U8, 23]))
+def test_the_numpy_fast_path_agrees_with_the_leaf_by_leaf_walk(values: list, dtype: int) -> None:
+    """The fast path may only speed things up: same array, or (by returning None) the walk's error."""
+    def walked() -> object:
+        try:
+            flat, shape = _codec._walk(values, dtype)
+            with np.errstate(over="ignore"):
+                return _codec._from_flat(flat, shape, dtype)
+        except ServingError as exc:
+            return exc.message
+
+    want = walked()
+    got = _codec._fast_array(values, dtype)
+    if got is None:
+        return  # the caller walks
+    assert isinstance(want, np.ndarray), f"fast path accepted what the walk refuses: {want}"
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("values, dtype", [([math.nan, 1e39], F), ([math.nan, 16777217], F),
+                                           ([math.nan, 2**53 + 1], D), ([math.nan, 70000.0], HALF)])
+def test_a_nan_does_not_hide_a_value_the_dtype_cannot_hold(values: list, dtype: int) -> None:
+    body = json.dumps({"inputs": values}).encode()
+    with pytest.raises(ServingError, match="Cannot convert JSON value|out of range|loss of precision"):
+        decode(body, x=dtype)
+
+
+def test_an_output_named_null_still_takes_the_fast_path_and_nan_still_the_tokens() -> None:
+    finite = {"is_null": np.array([0.5, 1.5], np.float32), "k": np.array([1, 2], np.int64)}
+    text = encode_predict_response(finite, RequestFormat.ROW)
+    assert text == _codec._encode_native(finite, sorted(finite), RequestFormat.ROW, 2)
+    with_nan = {"is_null": np.array([np.nan, 1.5], np.float32), "k": np.array([1, 2], np.int64)}
+    text = encode_predict_response(with_nan, RequestFormat.ROW)
+    assert _codec._encode_native(with_nan, sorted(with_nan), RequestFormat.ROW, 2) is None
+    assert text == b'{"predictions":[{"is_null":NaN,"k":1},{"is_null":1.5,"k":2}]}'
+
+
 def _stdlib_written(outputs: dict[str, np.ndarray], fmt: RequestFormat, monkeypatch: pytest.MonkeyPatch) -> bytes:
     with monkeypatch.context() as m:
         m.setattr(_codec, "_encode_native", lambda *a: None)
@@ -532,6 +616,24 @@ def test_model_metadata_json_matches_tf_serving_shape() -> None:
 
 
 # --- routes --------------------------------------------------------------------------------------------
+
+
+def test_long_paths_are_routed_but_not_cached() -> None:
+    from teeserve.serving.rest import _routes
+
+    before = _routes._cached_route.cache_info().currsize
+    for i in range(20):
+        r = route("POST", f"/v1/models/{'m' * 300}{i}:predict")
+        assert r.endpoint is Endpoint.PREDICT and r.model.endswith(str(i))
+    assert _routes._cached_route.cache_info().currsize == before
+    assert route("GET", "/v1/models/digits") is route("GET", "/v1/models/digits")  # short: cached
+
+
+def test_a_huge_version_number_is_a_400() -> None:
+    with pytest.raises(ServingError) as info:
+        route("GET", "/v1/models/m/versions/" + "9" * 5000)
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert info.value.message == f"Failed to convert version: {'9' * 40}... to numeric."
 
 
 @pytest.mark.parametrize(

@@ -218,9 +218,12 @@ class ServerThread:
         self.core = core
         kwargs.setdefault("metrics", Metrics(process_collector=False))
         self.metrics = kwargs["metrics"]
-        from teeserve.serving._eventloop import loop_factory
+        if EVENT_LOOP["kind"] == "uvloop":
+            import uvloop
 
-        self.loop = loop_factory(EVENT_LOOP["kind"])()
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
 

@@ -230,6 +230,23 @@ def test_pipelined_requests_answered_in_order(srv) -> None:
     assert [json.loads(b)["predictions"][0] for b in bodies] == [3.0, 3.5, 4.0, 4.5]
 
 
+def test_half_closed_connection_gets_its_answers_then_eof(srv) -> None:
+    """A client that sends its requests and then shuts its side (eof_received) still gets every answer,
+    after which the server closes the connection."""
+    reqs = b"".join(
+        b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b)
+        for b in (b'{"instances": [%d]}' % i for i in range(3))
+    )
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(reqs)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):  # ends at the server's close; a hang fails by the timeout
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 3 and data.count(b"predictions") == 3
+    assert data.rstrip().endswith(b"}")
+
+
 def test_chunked_body(srv) -> None:
     body = b'{"instances": [2.0, 4.0]}'
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:7], body[7:])) + b"0\r\n\r\n"

@@ -440,7 +440,8 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
     if workers > 1 and values["grpc_socket_path"]:
         raise UsageError("--grpc_socket_path cannot be shared by several processes: use --workers 1 with it")
     event_loop = getattr(ns, "event_loop", "auto") or "auto"
-    loop_factory(event_loop)  # unknown, or uvloop asked for but not installed: a usage error now
+    if event_loop == "uvloop":
+        loop_factory(event_loop)  # asked for but not installed: a usage error now, not at start
     key_broker = getattr(ns, "key_broker", "") or ""
     key_broker_ca = getattr(ns, "key_broker_ca", "") or ""
     if key_broker and not key_broker_ca:

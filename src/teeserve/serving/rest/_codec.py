@@ -26,7 +26,9 @@ written ``0.2``, not ``0.20000000298023224``), whole numbers with a trailing ``.
 values as ``NaN``/``Infinity``/``-Infinity``, as TF Serving does. Numeric and boolean outputs with no
 non-finite value are written by orjson straight from the numpy arrays (its float32 form is the
 shortest that reads back as the same float32, e.g. ``3.4671703e-9``); the rest by the stdlib encoder.
-Each reads back as the exact value; only the text can differ from TF Serving's ``%.9g``.
+Each reads back as the exact value; only the text can differ from TF Serving's ``%.9g`` (and a double
+may read ``1e-5`` where the stdlib wrote ``1e-05``). orjson reads documents nested up to 1023 levels,
+where the stdlib gave up somewhat earlier; tensors themselves are limited to rank 32 either way.
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         doc = _loads(body)
     except json.JSONDecodeError as exc:
         raise _bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+    except ValueError:  # an integer longer than Python converts (4300 digits): rapidjson's words
+        raise _bad("JSON Parse error: Number too big to be stored in double.") from None
     except UnicodeDecodeError as exc:
         raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
     except RecursionError:
@@ -367,12 +371,17 @@ def _fast_array(value: Any, dtype: int) -> np.ndarray | None:
                 return f64  # double from doubles: nothing to check
             if not f64.size:
                 return f64.astype(np_dtype)
-            biggest = float(np.abs(f64).max())  # NaN if there is one: every comparison below is False
+            mag = np.abs(f64)
+            biggest = float(mag.max())
+            if biggest != biggest:  # a NaN: the largest of the other values decides
+                biggest = float(np.fmax.reduce(mag))  # NaN only if every value is NaN
+                if biggest != biggest:
+                    biggest = 0.0
             if int in kinds and biggest > _FLOAT_EXACT_INT[dtype]:
                 return None  # maybe an integer that the float type cannot hold exactly
             if np_dtype.itemsize == 8 or biggest <= _FLOAT_MAX[dtype]:
                 return f64.astype(np_dtype)  # finite and in range: the cast cannot overflow
-            if biggest > _FLOAT_MAX[dtype] and bool(np.any(np.isfinite(f64) & (np.abs(f64) > _FLOAT_MAX[dtype]))):
+            if biggest > _FLOAT_MAX[dtype] and bool(np.any(np.isfinite(f64) & (mag > _FLOAT_MAX[dtype]))):
                 return None  # out of range (infinities are fine)
             with np.errstate(over="ignore"):  # a value within max that rounds up to inf: as TF's cast
                 return f64.astype(np_dtype)
@@ -668,8 +677,11 @@ def _encode_native(arrays: Mapping[str, np.ndarray], names: list[str], fmt: Requ
     else:
         doc = {"predictions": [{n: native[n][i] for n in names} for i in range(batch)]}
     data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    # Only numbers and booleans are written here, so "null" can only be a NaN or an infinity.
-    return None if b"null" in data else data
+    # orjson writes a NaN or an infinity as null; an output *name* may hold "null" too, so look closer
+    # only then (the common case costs one substring search, not a pass over every float output).
+    if b"null" in data and not all(a.dtype.kind != "f" or bool(np.isfinite(a).all()) for a in native.values()):
+        return None
+    return data
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: RequestFormat) -> bytes:

@@ -70,14 +70,28 @@ def _malformed(method: str, path: str) -> ServingError:
 def _version(text: str | None) -> int | None:
     if not text:
         return None
+    if len(text) > 20:  # beyond int64 for sure (and int() refuses more than 4300 digits)
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
     value = int(text)
     if value > _INT64_MAX:
         raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text} to numeric.")
     return value
 
 
-@functools.lru_cache(maxsize=512)  # a route is a pure function of its arguments; errors are not cached
+#: Paths up to this long are cached (512 of them): a client sending ever new long paths must not pin
+#: megabytes (a path may be as long as the header limit).
+_CACHED_PATH_LEN = 256
+
+
 def route(method: str, path: str, monitoring_path: str | None = None) -> Route:
+    """Map a request to an endpoint (see :func:`_route`); short paths are answered from a cache, since a
+    route is a pure function of its arguments (errors are raised again each time, never cached)."""
+    if len(path) <= _CACHED_PATH_LEN:
+        return _cached_route(method, path, monitoring_path)
+    return _route(method, path, monitoring_path)
+
+
+def _route(method: str, path: str, monitoring_path: str | None = None) -> Route:
     """Map a request to an endpoint.
 
     ``path`` is the URL path without the query string, still percent-encoded.
@@ -114,3 +128,6 @@ def route(method: str, path: str, monitoring_path: str | None = None) -> Route:
     if _V1.fullmatch(path):
         raise _malformed(method, path)
     raise ServingError(Code.NOT_FOUND, f"Not found: {method} {path}")
+
+
+_cached_route = functools.lru_cache(maxsize=512)(_route)
