@@ -117,3 +117,85 @@ def test_long_label_values_are_capped() -> None:
     m.record_request("x" * 1000, "Predict", "REST", "OK", 0.1)
     assert sample(m, ":tensorflow:serving:request_count", model_name="x" * 200, status="OK") == 1
     assert UNKNOWN_MODEL == "<unknown>"
+
+
+_MULTIPROCESS_SCRIPT = r"""
+import json, os, random, sys, threading
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from teeserve.serving._metrics import Metrics
+
+def on_disk():
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in registry.collect() for s in f.samples}
+
+m = Metrics(process_collector=False)
+assert m.multiprocess
+rng = random.Random(7)
+latencies = [rng.choice([0.00004, 0.0003, 0.0021, 0.75, 3.0, 100.0]) * rng.uniform(0.5, 1.5) for _ in range(400)]
+
+def record(chunk):  # several threads at once, as the gRPC worker threads and the loop
+    for s in chunk:
+        m.record_request("digits", "Predict", "REST", "OK", s)
+        m.record_runtime("digits", "Predict", "ONNXRuntime", s / 2)
+
+threads = [threading.Thread(target=record, args=(latencies[i::4],)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+before = on_disk()
+m.flush()
+after = on_disk()
+text = m.render()[0].decode()
+print(json.dumps({"latencies": latencies, "before": {repr(k): v for k, v in before.items()},
+                  "after": {repr(k): v for k, v in after.items()}, "text": text}))
+"""
+
+
+def test_workers_batch_their_request_numbers_and_a_flush_writes_them_exactly(tmp_path) -> None:
+    """With --workers (PROMETHEUS_MULTIPROC_DIR set before prometheus-client is imported, as the
+    supervisor does) a request only adds to in-memory sums; flush() writes the same counts, sums and
+    buckets that observe() would have, and a scrape (render) flushes first."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from teeserve.serving._metrics import LATENCY_BUCKETS_S
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _MULTIPROCESS_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    lat = got["latencies"]
+    assert not any("request_duration" in k and v for k, v in got["before"].items()), "written before a flush"
+    families = {f.name: f for f in text_string_to_metric_families(got["text"])}
+
+    def value(family: str, name: str, le: float | None = None, **labels: str) -> float:
+        return next(s.value for s in families[family].samples if s.name == name and
+                    {k: v for k, v in s.labels.items() if k != "le"} == labels and
+                    (le is None or float(s.labels["le"]) == le))
+
+    rest = {"model_name": "digits", "api": "Predict", "protocol": "REST"}
+    assert value("teeserve_requests", "teeserve_requests_total", **rest, code="OK") == len(lat)
+    assert value("teeserve_request_duration_seconds", "teeserve_request_duration_seconds_count", **rest) == len(lat)
+    assert value("teeserve_request_duration_seconds", "teeserve_request_duration_seconds_sum", **rest) == \
+        pytest.approx(sum(lat))
+    for le in LATENCY_BUCKETS_S[:-1]:  # cumulative buckets, as observe() would give
+        want = sum(1 for s in lat if s <= le)
+        assert value("teeserve_request_duration_seconds", "teeserve_request_duration_seconds_bucket", le, **rest) \
+            == want, le
+    tf = {"model_name": "digits", "API": "Predict", "entrypoint": "REST"}
+    assert value(":tensorflow:serving:request_latency", ":tensorflow:serving:request_latency_count", **tf) == len(lat)
+    for le in TF_LATENCY_BUCKETS_US[:-1:5]:
+        want = sum(1 for s in lat if s * 1e6 <= le)
+        assert value(":tensorflow:serving:request_latency", ":tensorflow:serving:request_latency_bucket", le, **tf) \
+            == want, le
+    assert value(":tensorflow:serving:request_count", ":tensorflow:serving:request_count", model_name="digits",
+                 status="OK") == len(lat)
+    rt = {"model_name": "digits", "API": "Predict", "runtime": "ONNXRuntime"}
+    assert value(":tensorflow:serving:runtime_latency", ":tensorflow:serving:runtime_latency_sum", **rt) == \
+        pytest.approx(sum(s / 2 for s in lat) * 1e6)

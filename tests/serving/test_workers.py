@@ -320,9 +320,13 @@ def test_metrics_are_merged_across_workers_and_removed_at_exit(start: Callable[.
     for i in range(n_rest):
         rest_predict_fresh(s.rest_port, images_for(i))
     sent = n_grpc + n_rest
-    # Both workers served (else "merged" would prove nothing) ...
-    by_worker = per_worker_requests(mdir)
-    assert len(by_worker) == 2 and all(sum(v.values()) > 0 for v in by_worker.values()), by_worker
+    # Both workers served (else "merged" would prove nothing; their files get the numbers within
+    # _metrics.FLUSH_S) ...
+    def both_counted() -> dict[int, dict[str, float]] | None:
+        c = per_worker_requests(mdir)
+        return c if len(c) == 2 and all(sum(v.values()) > 0 for v in c.values()) else None
+
+    wait_for(both_counted, "requests counted in both workers' files", s, timeout=10)
     # ... and every scrape, on a new connection (so answered by either worker), shows all of it.
     wait_for(lambda: scrape(s.rest_port) == {"tf": sent, "teeserve": sent}, "the merged totals", s, timeout=10)
     for _ in range(12):
@@ -427,8 +431,8 @@ def test_killed_worker_is_restarted_and_the_server_keeps_answering(start: Callab
     [mdir] = metrics_dirs(tmpdir_env)
     for i in range(30):
         predict_fresh(s.port, images_for(i))  # raises on any failure
-    counts = per_worker_requests(mdir)
-    assert counts.get(new_pid, {}).get("GRPC", 0) > 0, f"the restarted worker answered nothing: {counts}"
+    wait_for(lambda: per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0,
+             "the restarted worker's answers in its metrics file", s, timeout=10)
     assert s.stop() == 0  # a restart is not an unclean exit
 
 
@@ -667,15 +671,16 @@ def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
         resp = predict_fresh(s.port, images)
         assert tf.make_ndarray(resp.outputs["classes"]).tolist() == digits_reference(images)["classes"].tolist()
     [mdir] = metrics_dirs(tmpdir_env)
-    counts = per_worker_requests(mdir)
-    assert set(counts) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
+    wait_for(lambda: (lambda c: set(c) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in c.values()))(
+        per_worker_requests(mdir)), "every worker's answers in its metrics file", s, timeout=10)
 
     # A restarted worker gets the key from the supervisor's memory, not from the file (gone now).
     key_file.unlink()
     new_pid = wait_restarted(s, 2, kill_worker(s, 2))
     for i in range(20):
         predict_fresh(s.port, images_for(i))
-    assert per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0
+    wait_for(lambda: per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0,
+             "the restarted worker's answers in its metrics file", s, timeout=10)
     log = s.log()
     assert wrap_key.hex() not in log.lower() and wrap_key.decode("latin-1") not in log
     assert s.stop() == 0

@@ -481,6 +481,23 @@ class ModelServer:
             await self.start_rest()
             self._tasks.append(asyncio.create_task(self._load_models(t0), name="teeserve-load"))
         self._tasks.append(asyncio.create_task(self._watch_readiness(), name="teeserve-readiness"))
+        from ._metrics import METRICS
+
+        if METRICS.multiprocess:
+            self._tasks.append(asyncio.create_task(self._flush_metrics(METRICS), name="teeserve-metrics"))
+
+    @staticmethod
+    async def _flush_metrics(metrics: Any) -> None:
+        """``--workers``: write this worker's request numbers to the shared files now and then
+        (``_metrics.FLUSH_S``; see the module docstring of ``_metrics``)."""
+        from ._metrics import FLUSH_S
+
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                metrics.flush()
+            except Exception:  # metrics must never stop a server
+                log.exception("writing the metrics failed")
 
     async def _load_models(self, t0: float) -> None:
         try:
@@ -614,6 +631,10 @@ class ModelServer:
                             extra={"drain_timeout": grace})
             except Exception:
                 log.exception("stopping the serving core failed")
+        from ._metrics import METRICS
+
+        with contextlib.suppress(Exception):
+            METRICS.flush()  # the last requests' numbers, before the files are merged or removed
         log.info("stopped", extra={"drain_seconds": round(loop.time() - t0, 3)})
 
 
