@@ -671,8 +671,11 @@ def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
         resp = predict_fresh(s.port, images)
         assert tf.make_ndarray(resp.outputs["classes"]).tolist() == digits_reference(images)["classes"].tolist()
     [mdir] = metrics_dirs(tmpdir_env)
-    wait_for(lambda: (lambda c: set(c) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in c.values()))(
-        per_worker_requests(mdir)), "every worker's answers in its metrics file", s, timeout=10)
+    def every_worker_counted() -> bool:
+        c = per_worker_requests(mdir)
+        return set(c) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in c.values())
+
+    wait_for(every_worker_counted, "every worker's answers in its metrics file", s, timeout=10)
 
     # A restarted worker gets the key from the supervisor's memory, not from the file (gone now).
     key_file.unlink()

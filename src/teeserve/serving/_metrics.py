@@ -85,7 +85,8 @@ class Metrics:
     """The server's metrics in one private registry.
 
     All ``record_*`` methods are thread-safe (prometheus-client locks per metric; the pending sums of
-    ``--workers`` mode have a lock of their own) and cheap enough for the request path. ``seconds`` arguments are wall-clock durations in seconds.
+    ``--workers`` mode have a lock of their own) and cheap enough for the request path. ``seconds``
+    arguments are wall-clock durations in seconds.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process_collector: bool = True) -> None:

@@ -679,7 +679,8 @@ def _encode_native(arrays: Mapping[str, np.ndarray], names: list[str], fmt: Requ
     data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     # orjson writes a NaN or an infinity as null; an output *name* may hold "null" too, so look closer
     # only then (the common case costs one substring search, not a pass over every float output).
-    if b"null" in data and not all(a.dtype.kind != "f" or bool(np.isfinite(a).all()) for a in native.values()):
+    if b"null" in data and not all(a.dtype.kind != "f" or bool(np.isfinite(a).all())
+                                   for a in native.values()):
         return None
     return data
 

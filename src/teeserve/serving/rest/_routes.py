@@ -71,7 +71,8 @@ def _version(text: str | None) -> int | None:
     if not text:
         return None
     if len(text) > 20:  # beyond int64 for sure (and int() refuses more than 4300 digits)
-        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {shown} to numeric.")
     value = int(text)
     if value > _INT64_MAX:
         raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text} to numeric.")
