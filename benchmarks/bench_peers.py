@@ -346,6 +346,9 @@ class Endpoint:
     method: str = ""
     request: Path = Path()
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: teeserve's Prometheus URL: its per-status request counters give the errors of a run whose
+    #: generator cannot see them (h2load on gRPC: the status travels in HTTP/2 trailers).
+    metrics_url: str = ""
 
     @property
     def name(self) -> str:
@@ -363,6 +366,30 @@ def _env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
+
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def _monitoring_config(logs: Path) -> Path:
+    path = logs / "teeserve-monitoring.config"
+    path.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    return path
+
+
+def grpc_predicts_by_code(url: str) -> dict[str, float]:
+    """teeserve's ``teeserve_requests_total`` for gRPC Predict, by status code."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            if smp.name == "teeserve_requests_total" and smp.labels.get("protocol") == "GRPC" \
+                    and smp.labels.get("api") == "Predict":
+                out[smp.labels["code"]] = out.get(smp.labels["code"], 0.0) + smp.value
+    return out
 
 
 def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], logs: Path) -> list[Endpoint]:
@@ -395,6 +422,7 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     f"--tensorflow_inter_op_parallelism={args.inter_op_threads}",
                     "--file_system_poll_wait_seconds=0",
                     "--log-level=warning",
+                    f"--monitoring_config_file={_monitoring_config(logs)}",
                     *workers,
                 ],
                 _env(args),
@@ -403,7 +431,8 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
             )
             started.append(s)
             eps += [
-                Endpoint(s, "gRPC", "TF Serving Predict", "grpc", f"127.0.0.1:{g}", PREDICT, inp.predict_bin),
+                Endpoint(s, "gRPC", "TF Serving Predict", "grpc", f"127.0.0.1:{g}", PREDICT, inp.predict_bin,
+                         metrics_url=f"http://127.0.0.1:{r}{METRICS_PATH}"),
                 Endpoint(
                     s,
                     "REST",
@@ -623,6 +652,7 @@ def measure(
     ]
     if ep.method:
         argv += ["--method", ep.method]
+    codes_before = grpc_predicts_by_code(ep.metrics_url) if ep.metrics_url else None
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -642,6 +672,14 @@ def measure(
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed on {ep.name}:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
+    if codes_before is not None and res.get("errors") is None:
+        time.sleep(0.6)  # --workers: each worker writes its counts every 0.25 s
+        after = grpc_predicts_by_code(ep.metrics_url)
+        delta = {code: after.get(code, 0.0) - codes_before.get(code, 0.0) for code in after}
+        # Warm-up and start-up calls are counted too: every call of the run, not just the measured ones.
+        res["errors"] = int(sum(v for code, v in delta.items() if code != "OK"))
+        res["status_checked_calls"] = int(sum(delta.values()))
+        res["status_by_code"] = {k: int(v) for k, v in delta.items() if v}
     # Per process of the server's tree, over the window (a process that started in it counts from
     # 0; one that ended in it is lost, and flagged): shows how many processes really did the work.
     per_pid = {pid: cpu - tree_a.get(pid, 0.0) for pid, cpu in tree_b.items()}
@@ -756,6 +794,9 @@ def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
                 "errors": None
                 if any(r["errors"] is None for r in ep.rounds)
                 else sum(r["errors"] for r in ep.rounds),
+                # h2load on teeserve's gRPC: calls whose status the server's own counters gave (all
+                # rounds, warm-up included), by code
+                "status_checked_calls": sum(r.get("status_checked_calls", 0) for r in ep.rounds) or None,
                 "server_cpu_us_per_req": statistics.median(r["server_cpu_us_per_req"] for r in ep.rounds),
                 "server_cpu_pct": m["server_cpu_pct"],
                 "server_cpu_pct_by_proc": m["server_cpu_pct_by_proc"],
@@ -993,7 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
         default="python",
         help="python: loadgen.py's grpc.aio/aiohttp clients in --procs processes (default; checks "
         "every gRPC status); h2load: nghttp2's h2load with --procs threads (apt-get install "
-        "nghttp2-client), ~5x less CPU per request but blind to gRPC statuses",
+        "nghttp2-client), ~5x less CPU per request but blind to gRPC statuses (for teeserve the errors "
+        "column then comes from its own per-status request counters, read before and after each run)",
     )
     ap.add_argument(
         "--grpc-channels",
