@@ -5,7 +5,8 @@ the REST front end is an ``asyncio.Protocol`` whose cost per small request is mo
 work (selector, socket calls, callbacks), and uvloop does that work in C. Measured here on the digits
 model with h2load, the server's CPU per REST request was about 12 % lower than on the stdlib loop (8 of
 9 alternating runs; ``docs/serving.md``). The stdlib loop stays one flag away (``--event-loop asyncio``)
-for debugging, and ``auto`` falls back to it where uvloop cannot be imported.
+for debugging, and ``auto`` falls back to it where uvloop cannot be imported or cannot make a loop
+(a warning says so).
 """
 
 from __future__ import annotations

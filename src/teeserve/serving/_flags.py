@@ -321,7 +321,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     own.add_argument(
         "--event-loop", dest="event_loop", choices=EVENT_LOOPS, default="auto",
         help="the asyncio event loop: uvloop (libuv; about 12%% less CPU per small REST request here), "
-        "asyncio (the standard library's), or auto = uvloop when it can be imported (default: auto)",
+        "asyncio (the standard library's), or auto = uvloop when it can be imported and works here, else "
+        "asyncio with a warning (default: auto)",
     )
     att = p.add_argument_group(
         "attestation",
