@@ -649,7 +649,8 @@ async def serve_server(server: ModelServer, signals: tuple[int, ...] = (signal.S
     from ._eventloop import loop_name
 
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s", loop_name(loop), extra={"event_loop": loop_name(loop)})
+    name = loop_name(loop)
+    log.info("event loop: %s", name, extra={"event_loop": name})
     for sig in signals:
         loop.add_signal_handler(sig, server.on_signal, sig)
     try:

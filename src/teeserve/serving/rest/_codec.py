@@ -381,7 +381,7 @@ def _fast_array(value: Any, dtype: int) -> np.ndarray | None:
                 return None  # maybe an integer that the float type cannot hold exactly
             if np_dtype.itemsize == 8 or biggest <= _FLOAT_MAX[dtype]:
                 return f64.astype(np_dtype)  # finite and in range: the cast cannot overflow
-            if biggest > _FLOAT_MAX[dtype] and bool(np.any(np.isfinite(f64) & (mag > _FLOAT_MAX[dtype]))):
+            if bool(np.any(np.isfinite(f64) & (mag > _FLOAT_MAX[dtype]))):  # biggest is above the max here
                 return None  # out of range (infinities are fine)
             with np.errstate(over="ignore"):  # a value within max that rounds up to inf: as TF's cast
                 return f64.astype(np_dtype)

@@ -70,12 +70,11 @@ def _malformed(method: str, path: str) -> ServingError:
 def _version(text: str | None) -> int | None:
     if not text:
         return None
-    if len(text) > 20:  # beyond int64 for sure (and int() refuses more than 4300 digits)
+    # More than 20 digits is beyond int64 for sure (and int() refuses more than 4300 digits).
+    value = int(text) if len(text) <= 20 else _INT64_MAX + 1
+    if value > _INT64_MAX:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {shown} to numeric.")
-    value = int(text)
-    if value > _INT64_MAX:
-        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to convert version: {text} to numeric.")
     return value
 
 
