@@ -424,6 +424,7 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
                     "--log-level=warning",
                     f"--monitoring_config_file={_monitoring_config(logs)}",
                     *workers,
+                    *args.teeserve_args.split(),
                 ],
                 _env(args),
                 logs / f"{key}.log",
@@ -847,6 +848,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
         f"load generator: {'loadgen.py (grpc.aio/aiohttp), ' + str(args.procs) + ' process(es)' if args.loadgen == 'python' else 'h2load, ' + str(args.procs) + ' thread(s)'}, intra/inter-op threads {args.intra_op_threads}/"
         f"{args.inter_op_threads}, {os.cpu_count()} CPUs, plaintext, 127.0.0.1; rows show the "
         f"{'median round by req/s' if args.pick == 'median' else 'quietest round'}"
+        + (f"; teeserve's extra flags: {args.teeserve_args}" if args.teeserve_args else "")
     )
     print(f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}")
     hdr = (
@@ -1044,6 +1046,15 @@ def main(argv: list[str] | None = None) -> int:
         help="gRPC connections per generator process; 0 = one per client (default), as the "
         "reference benchmark client",
     )
+    ap.add_argument(
+        "--protocols", default="gRPC,REST", help="comma-separated subset of gRPC,REST to measure"
+    )
+    ap.add_argument(
+        "--teeserve-args",
+        default="",
+        help="extra flags for both teeserve servers (one string, split on spaces), e.g. "
+        "'--grpc_max_threads=2' when tuning",
+    )
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--inter-op-threads", type=int, default=1)
     ap.add_argument("--sample", default="digit_7_0.png", help="the held-out digit sent in every request")
@@ -1072,6 +1083,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 5.0, 2.0
+    args.protocols = [p for p in args.protocols.split(",") if p]
+    if not args.protocols or any(p not in ("gRPC", "REST") for p in args.protocols):
+        ap.error(f"--protocols: a comma-separated subset of gRPC,REST, not {','.join(args.protocols)!r}")
     args.servers = [s for s in args.servers.split(",") if s]
     bad = [s for s in args.servers if s not in SERVERS]
     if bad:
@@ -1101,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         pys = {n: setup_peers.ensure(ROOT / "bench-out" / "peers", n) for n in sorted(need)}
         inp = prepare_inputs(args.out, pys["kserve"], args.sample)
-        eps = start_servers(args, inp, pys, logs)
+        eps = [ep for ep in start_servers(args, inp, pys, logs) if ep.protocol in args.protocols]
         check_answers(eps, inp, pys["kserve"])
         meta = {"loadavg_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
         for rnd in range(args.rounds):
