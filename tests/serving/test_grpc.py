@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -657,3 +658,65 @@ def test_fuzz_raw_bytes_never_internal(channel: grpc.Channel, data: bytes) -> No
 
 def test_server_still_up_after_fuzzing(stub: Any) -> None:
     assert stub.Predict(_request([2.0]), timeout=10).model_spec.version.value == 123
+
+
+# --- threaded server: a slow bridged call gives its thread back when the client gives up -----------
+
+
+class _WaitingReloadCore(FakeCore):
+    """A reload that waits (for slow model loads, or for a --workers peer that is still starting)
+    until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.finished: list[list[str]] = []
+
+    async def reload_config(self, config: Any) -> None:
+        await self.release.wait()
+        self.finished.append([c.name for c in config.model_config_list.config])
+
+
+def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> None:
+    """With a single gRPC worker thread, a reload waiting past the client's deadline used to hold
+    that thread for good: every later call hung. Now the thread stops waiting when the RPC ends,
+    the next calls are served, and the reload still completes on the loop."""
+    core = _WaitingReloadCore()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = grpc.server(ThreadPoolExecutor(1), options=server_options())
+
+    async def make() -> GrpcFrontEnd:
+        front = GrpcFrontEnd(core, metrics=Metrics(process_collector=False), threaded=True)
+        front.add_to_threaded_server(server, asyncio.get_running_loop())
+        await front.init_health()
+        await front.set_ready(True)
+        return front
+
+    asyncio.run_coroutine_threadsafe(make(), loop).result(10)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            models = model_service_pb2_grpc.ModelServiceStub(ch)
+            req = model_management_pb2.ReloadConfigRequest()
+            req.config.model_config_list.config.add(name="m3", base_path="/models/m3", model_platform="tensorflow")
+            with pytest.raises(grpc.RpcError) as err:
+                models.HandleReloadConfigRequest(req, timeout=0.5)
+            assert _code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The only worker thread is free again: a second reload and a status call are served
+            # (each would wait for a thread, and time out, if the first call still held it).
+            status = get_model_status_pb2.GetModelStatusRequest()
+            status.model_spec.name = "half_plus_two"
+            assert models.GetModelStatus(status, timeout=5).model_version_status[0].version == 123
+            fut = models.HandleReloadConfigRequest.future(req, timeout=10)
+            time.sleep(0.2)
+            loop.call_soon_threadsafe(core.release.set)
+            assert fut.result().status.error_code == 0
+            # The reload the first client gave up on was not cut off: both completed.
+            assert core.finished == [["m3"], ["m3"]]
+    finally:
+        server.stop(None).wait(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

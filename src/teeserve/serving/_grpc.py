@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -290,13 +291,22 @@ class GrpcFrontEnd:
 
         def handler(data: bytes, context: Any) -> Any:
             future = asyncio.run_coroutine_threadsafe(on_loop(data, _LoopContext()), loop)
+            ended = threading.Event()
+            future.add_done_callback(lambda _f: ended.set())
+            # The RPC ends early when the client cancels or its deadline passes: stop waiting then,
+            # or a call that waits long (a reload whose models load slowly, or that waits for a
+            # --workers peer still starting) would hold one of the --grpc_max_threads threads for
+            # good. The work itself goes on on the loop: a reload cut off halfway would leave a
+            # config half applied, which is worse than one applied after the client gave up.
+            if not context.add_callback(ended.set):
+                ended.set()  # the RPC has already ended
+            ended.wait()
+            if not future.done():
+                context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call or its deadline passed")
             try:
                 return future.result()
             except _Abort as exc:
                 context.abort(exc.code, exc.details)
-            except BaseException:
-                future.cancel()
-                raise
 
         return handler
 
