@@ -352,7 +352,9 @@ def echo_server_main(argv: list[str]) -> int:
     """A Predict handler with the same per-request work as teeserve's front end for a tiny model
     (parse, TensorProto -> ndarray, a 64x10 matmul, ndarray -> TensorProto, serialize), served by
     ``grpc.aio`` (inference handed to a thread pool, as teeserve's core does) or by gRPC's synchronous
-    server (inference in the gRPC worker thread). Used by ``--frontends`` to justify the choice."""
+    server (inference in the gRPC worker thread); ``aio-inline`` runs the handler on the event loop (as
+    teeserve's core does for a small model), ``aio-inline-uvloop`` the same on uvloop. Used by
+    ``--frontends`` to justify the choice."""
     import concurrent.futures as cf
 
     import grpc
@@ -376,8 +378,12 @@ def echo_server_main(argv: list[str]) -> int:
             "Predict": grpc.unary_unary_rpc_method_handler(fn, request_deserializer=pb.PredictRequest.FromString,
                                                            response_serializer=lambda m: m.SerializeToString())})
 
-    if kind == "aio":
+    if kind.startswith("aio"):
+        inline = kind.startswith("aio-inline")
+
         async def predict(req: Any, ctx: Any) -> Any:
+            if inline:
+                return compute(req)
             return await asyncio.get_running_loop().run_in_executor(pool, compute, req)
 
         async def serve() -> None:
@@ -387,7 +393,12 @@ def echo_server_main(argv: list[str]) -> int:
             await server.start()
             await server.wait_for_termination()
 
-        asyncio.run(serve())
+        if kind.endswith("uvloop"):
+            import uvloop
+
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
     else:
         server = grpc.server(cf.ThreadPoolExecutor(16))
         server.add_generic_rpc_handlers((handlers(lambda req, ctx: compute(req)),))
@@ -419,7 +430,9 @@ class EchoServer(Server):
 
 
 def compare_frontends(out: Path, request: Path, args: argparse.Namespace) -> None:
-    servers = {kind: EchoServer(kind, out / "logs") for kind in ("aio", "sync")}
+    kinds = {"sync": "sync grpc.server, inline inference", "aio": "grpc.aio + thread-pool inference",
+             "aio-inline": "grpc.aio, inline inference", "aio-inline-uvloop": "grpc.aio on uvloop, inline"}
+    servers = {kind: EchoServer(kind, out / "logs") for kind in kinds}
     rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
     try:
         for _ in range(args.rounds):
@@ -428,12 +441,13 @@ def compare_frontends(out: Path, request: Path, args: argparse.Namespace) -> Non
     finally:
         for server in servers.values():
             server.stop()
-    aio, sync = median_round(rounds["aio"]), median_round(rounds["sync"])
-    print(f"(front end) the same tiny Predict handler, concurrency {args.concurrency}, plaintext")
-    print(row("grpc.aio + thread-pool inference", aio))
-    print(row("sync grpc.server, inline inference", sync))
-    print(f"  aio/sync requests/s: {aio['rps'] / sync['rps']:.2f}; server CPU per request aio/sync: "
-          f"{aio['server_cpu_ms'] / sync['server_cpu_ms']:.2f}\n", flush=True)
+    sync = median_round(rounds["sync"])
+    print(f"(front end) the same tiny Predict handler, concurrency {args.concurrency}, plaintext, one process")
+    for kind, label in kinds.items():
+        r = median_round(rounds[kind])
+        print(row(label, r) + f"   /sync: req/s {r['rps'] / sync['rps']:.2f}, "
+              f"CPU per request {r['server_cpu_ms'] / sync['server_cpu_ms']:.2f}")
+    print(flush=True)
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -463,7 +477,8 @@ def main() -> int:
     p.add_argument("--no-resnet", action="store_true", help="skip (b) and ResNet-50 in (c)")
     p.add_argument("--quick", action="store_true", help="short points, one round (a smoke run)")
     p.add_argument("--frontends", action="store_true",
-                   help="also compare grpc.aio with gRPC's thread-pool server on the same tiny handler")
+                   help="also compare gRPC's thread-pool server with grpc.aio (inference in a pool, inline, "
+                        "inline on uvloop) on the same tiny handler")
     args = p.parse_args()
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
