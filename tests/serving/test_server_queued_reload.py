@@ -1,0 +1,66 @@
+"""A ``--workers`` worker that is still starting when another worker relays a reload: the reload is
+queued and applied, in the order received, after its models load and before it listens (in-process,
+the worker's ModelServer on 127.0.0.1, no supervisor)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from teeserve._proto import pb
+from teeserve.serving._flags import parse_serve_args
+from teeserve.serving._server import ModelServer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(base_path: Path, *names: str) -> bytes:
+    cfg = pb.ModelServerConfig()
+    for name in names:
+        c = cfg.model_config_list.config.add()
+        c.name, c.base_path, c.model_platform = name, str(base_path), "tensorflow"
+    return cfg.SerializeToString()
+
+
+def test_relayed_reloads_queue_while_a_worker_starts_and_apply_before_it_listens(onnx_model_dir: Path) -> None:
+    seen_at_up: list[tuple[list[str], int]] = []
+
+    async def main() -> tuple[list[str], bool]:
+        server: ModelServer
+
+        def on_up() -> None:
+            # What the worker serves at the moment it joins the shared ports.
+            seen_at_up.append((sorted(server.core.model_names()), server.grpc_port))
+
+        async def relay(_data: bytes) -> None:  # this worker's own reloads (none in this test)
+            raise AssertionError("no reload was sent to this worker")
+
+        server = ModelServer(parse_serve_args(["--model_name=digits", f"--model_base_path={onnx_model_dir}",
+                                               f"--port={_free_port()}", f"--rest_api_port={_free_port()}", "--host=127.0.0.1",
+                                               "--file_system_poll_wait_seconds=0"]),
+                             reuse_port=True, on_reload=relay, on_up=on_up)
+        # Two reloads relayed before the worker's core has started: both wait in its queue.
+        first = asyncio.create_task(server.apply_relayed_reload(_config(onnx_model_dir, "digits", "b")))
+        second = asyncio.create_task(server.apply_relayed_reload(_config(onnx_model_dir, "digits", "c")))
+        await asyncio.sleep(0.05)
+        queued = not first.done() and not second.done()
+        try:
+            await server.start()
+            await asyncio.wait_for(asyncio.gather(first, second), 30)
+            names = sorted(server.core.model_names())
+            ready = bool(server.core.available_versions("c"))
+        finally:
+            await server.drain()
+        assert queued, "a relayed reload returned before the worker's core had started"
+        return names, ready
+
+    names, ready = asyncio.run(main())
+    # Both were applied in order, before the worker listened: the second config ("c", not "b") is
+    # what the worker served from its first connection on.
+    assert seen_at_up and seen_at_up[0][0] == ["c", "digits"] and seen_at_up[0][1] > 0
+    assert names == ["c", "digits"] and ready
