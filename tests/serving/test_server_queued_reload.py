@@ -1,6 +1,7 @@
-"""A ``--workers`` worker that is still starting when another worker relays a reload: the reload is
-queued and applied, in the order received, after its models load and before it listens (in-process,
-the worker's ModelServer on 127.0.0.1, no supervisor)."""
+"""Relayed reloads in a ``--workers`` worker that is starting: those relayed meanwhile are queued and
+applied, in the order received, after its models load and before it listens; the last one before a
+restart is skipped when --model_config_file changed since (in-process, the worker's ModelServer on
+127.0.0.1, no supervisor)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from teeserve._proto import pb
 from teeserve.serving._flags import parse_serve_args
-from teeserve.serving._server import ModelServer
+from teeserve.serving._server import ModelServer, config_file_digest
 
 
 def _free_port() -> int:
@@ -64,3 +67,36 @@ def test_relayed_reloads_queue_while_a_worker_starts_and_apply_before_it_listens
     # what the worker served from its first connection on.
     assert seen_at_up and seen_at_up[0][0] == ["c", "digits"] and seen_at_up[0][1] > 0
     assert names == ["c", "digits"] and ready
+
+
+@pytest.mark.parametrize("file_changed", [False, True])
+def test_a_restarted_worker_skips_the_last_relayed_reload_when_the_config_file_changed_since(
+        tmp_path: Path, onnx_model_dir: Path, file_changed: bool) -> None:
+    """The supervisor hands a restarted worker the last relayed reload with the digest of
+    --model_config_file at that time. Unchanged file: the reload is the newer config and is applied
+    before the worker listens. Changed file: the running workers have applied the file since, so the
+    restarted worker keeps the file too (it used to apply the stale reload over it)."""
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "digits" base_path: "{onnx_model_dir}" '
+                      'model_platform: "tensorflow" } }\n')
+    digest_then = config_file_digest(str(config))
+    if file_changed:
+        config.write_text(config.read_text().replace('name: "digits"', 'name: "digits2"'))
+
+    async def main() -> list[str]:
+        server = ModelServer(parse_serve_args([f"--model_config_file={config}", f"--port={_free_port()}",
+                                               "--host=127.0.0.1", "--file_system_poll_wait_seconds=0"]),
+                             reuse_port=True, initial_reload=_config(onnx_model_dir, "digits", "b"),
+                             initial_reload_file_digest=digest_then)
+        try:
+            await server.start()
+            return sorted(server.core.model_names())
+        finally:
+            await server.drain()
+
+    assert asyncio.run(main()) == (["digits2"] if file_changed else ["b", "digits"])
+
+
+def test_config_file_digest() -> None:
+    assert config_file_digest("") is None
+    assert config_file_digest("/nonexistent/models.config") is None

@@ -914,12 +914,12 @@ def _received(end: Any) -> list[Any]:
 def test_a_reload_is_answered_when_every_running_worker_applied_it_or_died(tmp_path: Path) -> None:
     sup, ends = _supervisor_with_pipes(tmp_path, 4)
     sup.workers[3].up = False  # still starting: it applies the reload before it listens, then says so
-    ends[0].send(("reload", b"config", 7))  # worker 1 applied a HandleReloadConfigRequest
+    ends[0].send(("reload", b"config", 7, "digest"))  # worker 1 applied a HandleReloadConfigRequest
     sup._message(sup.workers[0])
     sent = [_received(e) for e in ends]
     assert all(len(s) == 1 and s[0][:2] == ("reload", b"config") for s in sent), sent
     rid = sent[0][0][2]
-    assert sup.last_reload == b"config"
+    assert sup.last_reload == (b"config", "digest")
     for i in (0, 1, 3):  # workers 1, 2 and the starting 4 applied it ...
         ends[i].send(("applied", rid))
         sup._message(sup.workers[i])
@@ -933,7 +933,7 @@ def test_a_reload_is_answered_when_every_running_worker_applied_it_or_died(tmp_p
 def test_a_starting_worker_is_waited_for(tmp_path: Path) -> None:
     sup, ends = _supervisor_with_pipes(tmp_path, 2)
     sup.workers[1].up = False
-    ends[0].send(("reload", b"config", 3))
+    ends[0].send(("reload", b"config", 3, None))
     sup._message(sup.workers[0])
     rid = _received(ends[1])[0][2]
     ends[0].send(("applied", rid))
@@ -946,7 +946,7 @@ def test_a_starting_worker_is_waited_for(tmp_path: Path) -> None:
 
 def test_a_reload_whose_worker_died_is_forgotten(tmp_path: Path) -> None:
     sup, ends = _supervisor_with_pipes(tmp_path, 2)
-    ends[0].send(("reload", b"config", 1))
+    ends[0].send(("reload", b"config", 1, None))
     sup._message(sup.workers[0])
     rid = _received(ends[1])[0][2]
     sup.workers[0].process = _DeadProcess()

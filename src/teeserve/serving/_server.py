@@ -155,7 +155,9 @@ class ModelServer:
     process applied and returns once every other serving worker has applied it too (so that, as with
     TF Serving, a model the reload added is there on any connection once the call returns),
     ``initial_reload`` is the last such config (a
-    restarted worker applies it before it serves) and ``on_up`` is called once it serves. A worker
+    restarted worker applies it before it serves, unless ``--model_config_file`` changed since: its
+    digest then differs from ``initial_reload_file_digest``, and the file, the newer config, stands)
+    and ``on_up`` is called once it serves. A worker
     loads its models *before* it listens (the other workers answer meanwhile).
     """
 
@@ -168,6 +170,7 @@ class ModelServer:
         on_reload: Callable[[bytes], Awaitable[None]] | None = None,
         on_up: Callable[[], None] | None = None,
         initial_reload: bytes | None = None,
+        initial_reload_file_digest: str | None = None,
     ) -> None:
         from ._secrets import KeyRing
 
@@ -181,6 +184,7 @@ class ModelServer:
         #: Relayed reloads to apply before this worker listens: the last one before it (re)started,
         #: then those that arrive while its core starts.
         self._queued_reloads: list[bytes] = [initial_reload] if initial_reload is not None else []
+        self._initial_reload_digest = initial_reload_file_digest if initial_reload is not None else None
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
@@ -458,6 +462,13 @@ class ModelServer:
         self._check_key_names(set(self.keyring.names()))
         self.tls = self.load_tls()
         self.core = self.make_core()
+        if self._initial_reload_digest is not None and \
+                config_file_digest(o.model_config_file) != self._initial_reload_digest:
+            # The config file changed after the last relayed reload (the running workers have
+            # applied the file by now): the file is the newer config, so this worker keeps it.
+            self._queued_reloads.pop(0)
+            log.info("--model_config_file changed after the last reload relayed by another worker: "
+                     "starting from the file", extra={"model_config_file": o.model_config_file})
         if self._reuse_port:
             # One of several workers: join the shared ports only once the models are in (and the
             # latest relayed config applied), or the kernel would hand this worker connections it
@@ -636,6 +647,20 @@ class ModelServer:
         with contextlib.suppress(Exception):
             METRICS.flush()  # the last requests' numbers, before the files are merged or removed
         log.info("stopped", extra={"drain_seconds": round(loop.time() - t0, 3)})
+
+
+def config_file_digest(path: str) -> str | None:
+    """SHA-256 of ``--model_config_file`` as it is now (None without one, or when it cannot be read):
+    tells a restarted worker whether the file changed after the last relayed reload."""
+    if not path:
+        return None
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 async def serve(options: ServerOptions) -> int:

@@ -200,7 +200,8 @@ class _Supervisor:
         self._wake_w.setblocking(False)
         self._announced = False
         #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
-        self.last_reload: bytes | None = None
+        #: The last relayed reload and the digest of --model_config_file when it was applied.
+        self.last_reload: tuple[bytes, str | None] | None = None
         #: Relayed reloads not yet applied by every serving worker: id -> (origin, its token, waiting).
         self._relays: dict[int, tuple[_Worker, int, set[int]]] = {}
         self._relay_ids = 0
@@ -336,8 +337,8 @@ class _Supervisor:
             # started), in the order the supervisor got them: concurrent reloads on two workers end
             # with the same last config everywhere. The sender's call returns once every running
             # worker has applied it (a starting one applies it before it listens, then says so).
-            _, data, token = msg
-            self.last_reload = data
+            _, data, token, file_digest = msg
+            self.last_reload = (data, file_digest)
             self._relay_ids += 1
             waiting: set[int] = set()
             for other in self.workers:
@@ -479,7 +480,7 @@ def worker_main(conn: Connection, index: int) -> None:
     from ._server import configure_logging
 
     try:
-        kind, options, keys, initial_reload = conn.recv()
+        kind, options, keys, initial_reload = conn.recv()  # initial_reload: (config, file digest) or None
     except (EOFError, OSError):
         os._exit(1)
     assert kind == "start"
@@ -519,11 +520,11 @@ class _Sender:
             self._conn.send(msg)
 
 
-async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload: bytes | None, conn: Connection,
-                 sender: _Sender) -> int:
+async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload: tuple[bytes, str | None] | None,
+                 conn: Connection, sender: _Sender) -> int:
     import asyncio
 
-    from ._server import ModelServer, serve_server
+    from ._server import ModelServer, config_file_digest, serve_server
 
     loop = asyncio.get_running_loop()
     answers: dict[int, asyncio.Future[None]] = {}
@@ -532,13 +533,14 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
     async def relay(data: bytes) -> None:
         """Pass an applied reload to the supervisor; return once every running worker applied it
         (at once when this worker drains or the supervisor is gone: nobody would answer)."""
+        file_digest = config_file_digest(options.model_config_file)
         if closing:
-            sender.send(("reload", data, 0))
+            sender.send(("reload", data, 0, file_digest))
             return
         token = next(tokens)
         answers[token] = loop.create_future()
         try:
-            sender.send(("reload", data, token))
+            sender.send(("reload", data, token, file_digest))
             await answers[token]
         finally:
             del answers[token]
@@ -562,7 +564,9 @@ async def _serve(options: ServerOptions, keys: dict[str, bytes], initial_reload:
         sender.send(("applied", rid))
 
     server = ModelServer(options, keys=keys, reuse_port=True, on_reload=relay,
-                         on_up=lambda: sender.send(("up",)), initial_reload=initial_reload)
+                         on_up=lambda: sender.send(("up",)),
+                         initial_reload=initial_reload[0] if initial_reload else None,
+                         initial_reload_file_digest=initial_reload[1] if initial_reload else None)
 
     def listen() -> None:
         """Relayed reloads and "drain"; EOF = the supervisor is gone: drain too (no orphaned workers)."""
