@@ -199,8 +199,8 @@ class _Supervisor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._announced = False
-        #: The last HandleReloadConfigRequest a worker applied: a (re)starting worker applies it too.
-        #: The last relayed reload and the digest of --model_config_file when it was applied.
+        #: The last HandleReloadConfigRequest a worker applied, with the SHA-256 of --model_config_file
+        #: at that time: a (re)starting worker applies it too, unless the file has changed since.
         self.last_reload: tuple[bytes, str | None] | None = None
         #: Relayed reloads not yet applied by every serving worker: id -> (origin, its token, waiting).
         self._relays: dict[int, tuple[_Worker, int, set[int]]] = {}
