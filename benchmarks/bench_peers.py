@@ -59,6 +59,7 @@ The peers live in their own venvs (their pins conflict with teeserve's), made on
 
 Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
         [--quick] [--servers teeserve,teeserve-w2,kserve,kserve-w2,mlserver,mlserver-pw1]
+        [--protocols gRPC,REST] [--teeserve-args "--grpc_max_threads=2"] [--loadgen python|h2load]
 Prints the table and the ratios; writes results.json and peers.png into --out.
 """
 
