@@ -152,34 +152,46 @@ class FakeCore:
 
 
 class ServerThread:
-    """A grpc.aio server with a GrpcFrontEnd, on its own event loop in a thread, on 127.0.0.1."""
+    """A grpc.aio server with a GrpcFrontEnd, on its own event loop in a thread, on 127.0.0.1; with
+    ``threads``, gRPC's thread-pool server of that many threads instead (what ``teeserve serve`` runs)."""
 
-    def __init__(self, core: Any, **kwargs: Any) -> None:
+    def __init__(self, core: Any, *, threads: int = 0, **kwargs: Any) -> None:
         self.core = core
+        self.threads = threads
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.metrics = Metrics(process_collector=False)
         self.front: GrpcFrontEnd = self.run(self._make(kwargs))
-        self.server: grpc.aio.Server
+        self.server: Any
         self.port: int = self.run(self._start())
 
     async def _make(self, kwargs: dict[str, Any]) -> GrpcFrontEnd:
-        return GrpcFrontEnd(self.core, metrics=self.metrics, **kwargs)
+        return GrpcFrontEnd(self.core, metrics=self.metrics, threaded=bool(self.threads), **kwargs)
 
     async def _start(self) -> int:
-        self.server = grpc.aio.server(options=server_options())
-        self.front.add_to_server(self.server)
+        if self.threads:
+            self.server = grpc.server(ThreadPoolExecutor(self.threads), options=server_options())
+            self.front.add_to_threaded_server(self.server, asyncio.get_running_loop())
+        else:
+            self.server = grpc.aio.server(options=server_options())
+            self.front.add_to_server(self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.front.init_health()
-        await self.server.start()
+        if self.threads:
+            self.server.start()
+        else:
+            await self.server.start()
         return port
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        self.run(self.server.stop(None))
+        if self.threads:
+            self.server.stop(None).wait(10)
+        else:
+            self.run(self.server.stop(None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -682,23 +694,10 @@ def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> 
     that thread for good: every later call hung. Now the thread stops waiting when the RPC ends,
     the next calls are served, and the reload still completes on the loop."""
     core = _WaitingReloadCore()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = grpc.server(ThreadPoolExecutor(1), options=server_options())
-
-    async def make() -> GrpcFrontEnd:
-        front = GrpcFrontEnd(core, metrics=Metrics(process_collector=False), threaded=True)
-        front.add_to_threaded_server(server, asyncio.get_running_loop())
-        await front.init_health()
-        await front.set_ready(True)
-        return front
-
-    asyncio.run_coroutine_threadsafe(make(), loop).result(10)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    served = ServerThread(core, threads=1)
+    served.run(served.front.set_ready(True))
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
             models = model_service_pb2_grpc.ModelServiceStub(ch)
             req = model_management_pb2.ReloadConfigRequest()
             req.config.model_config_list.config.add(name="m3", base_path="/models/m3", model_platform="tensorflow")
@@ -712,11 +711,9 @@ def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> 
             assert models.GetModelStatus(status, timeout=5).model_version_status[0].version == 123
             fut = models.HandleReloadConfigRequest.future(req, timeout=10)
             time.sleep(0.2)
-            loop.call_soon_threadsafe(core.release.set)
+            served.loop.call_soon_threadsafe(core.release.set)
             assert fut.result().status.error_code == 0
             # The reload the first client gave up on was not cut off: both completed.
             assert core.finished == [["m3"], ["m3"]]
     finally:
-        server.stop(None).wait(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        served.stop()

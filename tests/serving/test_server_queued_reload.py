@@ -6,7 +6,6 @@ restart is skipped when --model_config_file changed since (in-process, the worke
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,7 @@ from teeserve._proto import pb
 from teeserve.serving._flags import parse_serve_args
 from teeserve.serving._server import ModelServer, config_file_digest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from test_server import free_port  # same folder, as test_workers.py does
 
 
 def _config(base_path: Path, *names: str) -> bytes:
@@ -44,8 +39,8 @@ def test_relayed_reloads_queue_while_a_worker_starts_and_apply_before_it_listens
             raise AssertionError("no reload was sent to this worker")
 
         server = ModelServer(parse_serve_args(["--model_name=digits", f"--model_base_path={onnx_model_dir}",
-                                               f"--port={_free_port()}", f"--rest_api_port={_free_port()}", "--host=127.0.0.1",
-                                               "--file_system_poll_wait_seconds=0"]),
+                                               f"--port={free_port()}", f"--rest_api_port={free_port()}",
+                                               "--host=127.0.0.1", "--file_system_poll_wait_seconds=0"]),
                              reuse_port=True, on_reload=relay, on_up=on_up)
         # Two reloads relayed before the worker's core has started: both wait in its queue.
         first = asyncio.create_task(server.apply_relayed_reload(_config(onnx_model_dir, "digits", "b")))
@@ -84,7 +79,7 @@ def test_a_restarted_worker_skips_the_last_relayed_reload_when_the_config_file_c
         config.write_text(config.read_text().replace('name: "digits"', 'name: "digits2"'))
 
     async def main() -> list[str]:
-        server = ModelServer(parse_serve_args([f"--model_config_file={config}", f"--port={_free_port()}",
+        server = ModelServer(parse_serve_args([f"--model_config_file={config}", f"--port={free_port()}",
                                                "--host=127.0.0.1", "--file_system_poll_wait_seconds=0"]),
                              reuse_port=True, initial_reload=_config(onnx_model_dir, "digits", "b"),
                              initial_reload_file_digest=digest_then)
