@@ -22,7 +22,8 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
    would; a HandleReloadConfigRequest that one worker applied is relayed to the others, and the
    worker that got it answers only once every serving worker has applied it (as with TF Serving, a
    model the reload added is then there on every connection); the latest one is handed to every
-   worker that (re)starts, so the workers do not drift apart;
+   worker that (re)starts, so the workers do not drift apart (unless ``--model_config_file`` changed
+   since: the running workers have applied the file then, and so does the restarted one);
 6. on SIGTERM/SIGINT it tells every worker (over its pipe) to drain, as a single server does, and exits
    0 when all did (a second signal is passed on too: the workers then stop at once).
 
