@@ -717,3 +717,46 @@ def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> 
             assert core.finished == [["m3"], ["m3"]]
     finally:
         served.stop()
+
+
+class _WaitingPredictCore(FakeCore):
+    """A Predict that runs until the test releases it (a slow model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started = threading.Event()
+
+    async def predict(self, ref: ModelRef, signature_name: str, inputs: Mapping[str, np.ndarray],
+                      output_filter: Sequence[str] = ()) -> PredictResult:
+        self.started.set()
+        await self.release.wait()
+        return await super().predict(ref, signature_name, inputs, output_filter)
+
+
+def test_threaded_server_answers_health_checks_while_every_thread_runs_a_model() -> None:
+    """Liveness and readiness must not depend on a model being idle: with the single gRPC worker
+    thread held by a slow Predict (and another Predict waiting for it), Health.Check still answers
+    at once, for liveness and for readiness; before, it waited behind them and timed out."""
+    core = _WaitingPredictCore()
+    served = ServerThread(core, threads=1)
+    served.run(served.front.set_ready(True))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+            running = [stub.Predict.future(_request([1.0]), timeout=30) for _ in range(2)]
+            assert core.started.wait(10)
+            health = health_pb2_grpc.HealthStub(ch)
+            for service in ("liveness", "", "tensorflow.serving.PredictionService"):
+                for _ in range(3):
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+            assert not any(f.done() for f in running)  # the model calls were indeed still running
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+            served.loop.call_soon_threadsafe(core.release.set)
+            for f in running:
+                assert list(f.result().outputs) == ["y"]
+    finally:
+        served.stop()

@@ -199,3 +199,48 @@ def test_workers_batch_their_request_numbers_and_a_flush_writes_them_exactly(tmp
     rt = {"model_name": "digits", "API": "Predict", "runtime": "ONNXRuntime"}
     assert value(":tensorflow:serving:runtime_latency", ":tensorflow:serving:runtime_latency_sum", **rt) == \
         pytest.approx(sum(s / 2 for s in lat) * 1e6)
+
+
+_SLOT_SCRIPT = r"""
+import sys
+from teeserve.serving._metrics import Metrics, name_worker_files
+name_worker_files(int(sys.argv[1]))
+m = Metrics(process_collector=False)
+for _ in range(int(sys.argv[2])):
+    m.record_request("digits", "Predict", "GRPC", "OK", 0.001)
+m.flush()
+print(m.render()[0].decode())
+"""
+
+
+def test_worker_files_are_named_after_the_slot_and_a_successor_counts_on(tmp_path) -> None:
+    """name_worker_files: a process in slot 2 after another one (a restarted worker) writes into the
+    same files and counts on from their totals; no file is named after a pid."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+
+    def run(slot: int, n: int) -> float:
+        out = subprocess.run([sys.executable, "-c", _SLOT_SCRIPT, str(slot), str(n)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return next(s.value for f in text_string_to_metric_families(out.stdout) for s in f.samples
+                    if s.name == "teeserve_requests_total" and s.labels.get("protocol") == "GRPC")
+
+    assert run(2, 5) == 5
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files and all("_worker2.db" in f for f in files), files
+    assert run(2, 7) == 12  # the successor in slot 2: 5 + 7 in the same files
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    assert run(1, 1) == 13  # another slot: files of its own, merged by the scrape
+    assert len(list(tmp_path.glob("counter_worker1.db"))) == 1
+
+
+def test_worker_files_need_the_multiprocess_directory(monkeypatch) -> None:
+    from teeserve.serving._metrics import name_worker_files
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
+        name_worker_files(1)

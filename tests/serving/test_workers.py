@@ -2,9 +2,10 @@
 
 Real processes on 127.0.0.1 (``python -m teeserve serve``, started by ``test_server.ServerProcess``), the
 official ``tensorflow_serving.apis`` stubs and plain HTTP. Which worker answered is told apart through
-the workers' own Prometheus multiprocess files (``counter_<pid>.db`` in the private metrics directory,
-read here one file at a time with prometheus-client's ``MultiProcessCollector``): each request counted
-there was counted by the process with that pid, so "every worker answers" is checked, not assumed.
+the workers' own Prometheus multiprocess files (``counter_worker<N>.db`` in the private metrics
+directory, one set per worker slot, read here one file at a time with prometheus-client's
+``MultiProcessCollector``): each request counted there was counted by a process in that slot, so "every
+worker answers" is checked, not assumed.
 Every test opens a new connection per request (a gRPC channel with its own subchannel pool, a new
 HTTP client), because the kernel spreads *connections*, not requests, over the workers.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -174,13 +176,16 @@ def still_running(procs: set[tuple[int, int]]) -> set[tuple[int, int]]:
 
 
 def per_worker_requests(metrics_dir: Path, model: str = "digits") -> dict[int, dict[str, float]]:
-    """pid -> {protocol: Predict requests of ``model``} as recorded in that process's own counter file."""
+    """worker index -> {protocol: Predict requests of ``model``} as recorded in that slot's own counter
+    file (every process that ran in the slot: a restarted worker counts on in its predecessor's file)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     out: dict[int, dict[str, float]] = {}
     for f in sorted(metrics_dir.glob("counter_*.db")):
-        pid = int(f.stem.split("_")[-1])
+        slot = f.stem.split("_")[-1]
+        assert slot.startswith("worker"), f"{f.name}: not named after a worker slot"
+        index = int(slot.removeprefix("worker"))
         with tempfile.TemporaryDirectory() as one:
             shutil.copy(f, one)  # this file alone: the collector then reports this process only
             registry = CollectorRegistry()
@@ -191,7 +196,7 @@ def per_worker_requests(metrics_dir: Path, model: str = "digits") -> dict[int, d
                     if (s.name == "teeserve_requests_total" and s.labels.get("model_name") == model
                             and s.labels.get("api") == "Predict"):
                         counts[s.labels["protocol"]] = counts.get(s.labels["protocol"], 0.0) + s.value
-        out[pid] = counts
+        out[index] = counts
     return out
 
 
@@ -297,9 +302,9 @@ def test_two_workers_serve_grpc_and_rest_and_both_answer(start: Callable[..., Se
         return c if totals == [n_grpc, n_rest] else None
 
     counts = wait_for(all_counted, "every request counted in the workers' own files", s, timeout=10)
-    # Each worker process answered part of the requests on both protocols, and no other process did.
-    assert set(counts) == set(pids.values()), (counts, pids)
-    for pid, by_protocol in counts.items():
+    # Each worker answered part of the requests on both protocols, and nothing else counted any.
+    assert set(counts) == set(pids), (counts, pids)
+    for by_protocol in counts.values():
         assert by_protocol.get("GRPC", 0) > 0 and by_protocol.get("REST", 0) > 0, counts
 
 
@@ -333,6 +338,37 @@ def test_metrics_are_merged_across_workers_and_removed_at_exit(start: Callable[.
         assert scrape(s.rest_port) == {"tf": sent, "teeserve": sent}
     assert s.stop() == 0
     assert metrics_dirs(tmpdir_env) == [], "the metrics directory outlived the server"
+
+
+def test_a_restarted_worker_counts_on_in_its_slot_files(start: Callable[..., ServerProcess], onnx_model_dir: Path,
+                                                        tmpdir_env: Path, monitoring_config: Path) -> None:
+    """A killed worker's successor takes over the slot's metrics files: the merged totals keep every
+    request, and a restart leaves no extra set of files behind (a worker crashing in a loop would
+    otherwise grow the directory without bound, and every scrape reads every file)."""
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}",
+              f"--monitoring_config_file={monitoring_config}")
+    [mdir] = metrics_dirs(tmpdir_env)
+    for i in range(20):
+        predict_fresh(s.port, images_for(i))
+
+    def all_in_files() -> dict[int, dict[str, float]] | None:
+        c = per_worker_requests(mdir)
+        return c if sum(v.get("GRPC", 0) for v in c.values()) == 20 and c.get(2, {}).get("GRPC", 0) > 0 else None
+
+    before = wait_for(all_in_files, "both workers' answers in their files", s, timeout=10)[2]["GRPC"]
+    files = sorted(f.name for f in mdir.iterdir())
+    assert files and all(re.fullmatch(r"(counter|histogram|gauge_sum)_worker[12]\.db", f) for f in files), files
+
+    wait_restarted(s, 2, kill_worker(s, 2))
+    for i in range(20):
+        predict_fresh(s.port, images_for(20 + i))
+    # The successor counted on from its predecessor's total (a fresh file would start again at 0) ...
+    wait_for(lambda: per_worker_requests(mdir).get(2, {}).get("GRPC", 0) > before,
+             "the restarted worker counting on in its slot's file", s, timeout=10)
+    wait_for(lambda: scrape(s.rest_port) == {"tf": 40, "teeserve": 40}, "the merged totals", s, timeout=10)
+    # ... in the same files: none was added for the new process.
+    assert sorted(f.name for f in mdir.iterdir()) == files
+    assert s.stop() == 0
 
 
 # --- 3. SIGTERM: every worker drains, exit 0, nothing left ----------------------------------------
@@ -431,7 +467,8 @@ def test_killed_worker_is_restarted_and_the_server_keeps_answering(start: Callab
     [mdir] = metrics_dirs(tmpdir_env)
     for i in range(30):
         predict_fresh(s.port, images_for(i))  # raises on any failure
-    wait_for(lambda: per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0,
+    # Worker 1 had answered nothing before it was killed: what its slot counts now, its successor did.
+    wait_for(lambda: per_worker_requests(mdir).get(1, {}).get("GRPC", 0) > 0,
              "the restarted worker's answers in its metrics file", s, timeout=10)
     assert s.stop() == 0  # a restart is not an unclean exit
 
@@ -493,7 +530,7 @@ def test_reload_config_sent_to_one_worker_is_applied_by_all(start: Callable[...,
         predict_fresh(s.port, images_for(i), "digits")
     counts = per_worker_requests(metrics_dirs(tmpdir_env)[0], model="b")
     pids = worker_pids(records(s))
-    assert set(counts) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
+    assert set(counts) == set(pids) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
 
 
 def test_reloaded_config_survives_a_worker_restart(start: Callable[..., ServerProcess], onnx_model_dir: Path,
@@ -671,18 +708,19 @@ def test_encrypted_model_with_wrap_key_is_served_by_every_worker(
         resp = predict_fresh(s.port, images)
         assert tf.make_ndarray(resp.outputs["classes"]).tolist() == digits_reference(images)["classes"].tolist()
     [mdir] = metrics_dirs(tmpdir_env)
-    def every_worker_counted() -> bool:
+    def every_worker_counted() -> dict[int, dict[str, float]] | None:
         c = per_worker_requests(mdir)
-        return set(c) == set(pids.values()) and all(v.get("GRPC", 0) > 0 for v in c.values())
+        every = set(c) == set(pids) and all(v.get("GRPC", 0) > 0 for v in c.values())
+        return c if every and sum(v.get("GRPC", 0) for v in c.values()) == 20 else None
 
-    wait_for(every_worker_counted, "every worker's answers in its metrics file", s, timeout=10)
+    before = wait_for(every_worker_counted, "every worker's answers in its metrics file", s, timeout=10)[2]["GRPC"]
 
     # A restarted worker gets the key from the supervisor's memory, not from the file (gone now).
     key_file.unlink()
-    new_pid = wait_restarted(s, 2, kill_worker(s, 2))
+    wait_restarted(s, 2, kill_worker(s, 2))
     for i in range(20):
         predict_fresh(s.port, images_for(i))
-    wait_for(lambda: per_worker_requests(mdir).get(new_pid, {}).get("GRPC", 0) > 0,
+    wait_for(lambda: per_worker_requests(mdir).get(2, {}).get("GRPC", 0) > before,
              "the restarted worker's answers in its metrics file", s, timeout=10)
     log = s.log()
     assert wrap_key.hex() not in log.lower() and wrap_key.decode("latin-1") not in log

@@ -215,6 +215,7 @@ class GrpcFrontEnd:
         # The threaded (sync) gRPC server needs the synchronous servicer; its set() is not awaitable.
         self.health = health.HealthServicer() if threaded else health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_pool: Any = None  # the threaded server's health-check threads
         self._ready = False
         self._draining = False
 
@@ -258,9 +259,8 @@ class GrpcFrontEnd:
         }
 
     def add_to_threaded_server(self, server: grpc.Server, loop: asyncio.AbstractEventLoop) -> None:
-        """Register on gRPC's synchronous server; ``loop`` runs the core (and every non-fast call)."""
-        from grpc_health.v1 import health_pb2_grpc
-
+        """Register on gRPC's synchronous server; ``loop`` runs the core (and every non-fast call).
+        Health checks run on two threads of their own (see :meth:`_threaded_health_handler`)."""
         from .._proto import SERVICES
 
         if not self._threaded:
@@ -281,8 +281,45 @@ class GrpcFrontEnd:
                 rpc[method] = grpc.unary_unary_rpc_method_handler(
                     sync, request_deserializer=None, response_serializer=_serialize)
             handlers.append(grpc.method_handlers_generic_handler(service, rpc))
+        handlers.append(self._threaded_health_handler())
         server.add_generic_rpc_handlers(tuple(handlers))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+
+    def _threaded_health_handler(self) -> grpc.GenericRpcHandler:
+        """grpc.health.v1 for the thread-pool server, with Check on threads of its own.
+
+        Every call of the thread-pool server waits for one of its ``--grpc_max_threads`` threads, and a
+        Predict holds one for as long as the model runs: with that many slow requests in flight, a
+        liveness or readiness probe would wait behind them and time out, and the orchestrator would
+        restart a server that is only busy. gRPC runs a behaviour that carries an
+        ``experimental_thread_pool`` in that pool instead; Check takes microseconds, so two threads
+        serve any number of probes. Watch starts there too and then holds no thread (the servicer
+        answers it through callbacks).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from grpc_health.v1 import health_pb2
+
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teeserve-health")
+        servicer = self.health
+
+        def check(request: Any, context: Any) -> Any:
+            return servicer.Check(request, context)
+
+        def watch(request: Any, context: Any, send_response_callback: Any = None) -> Any:
+            return servicer.Watch(request, context, send_response_callback)
+
+        check.experimental_thread_pool = pool  # type: ignore[attr-defined]
+        watch.experimental_thread_pool = pool  # type: ignore[attr-defined]
+        watch.experimental_non_blocking = True  # type: ignore[attr-defined]
+        self._health_pool = pool
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+        })
 
     def _bridge(self, on_loop: Callable[..., Awaitable[Any]]) -> Callable[[bytes, Any], Any]:
         """A sync handler that runs the aio handler on the event loop and waits for it."""

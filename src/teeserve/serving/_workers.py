@@ -11,7 +11,8 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
 2. obtains the keys once (``--wrap-key`` and/or remote attestation to the key broker: one attestation,
    one audit entry, however many workers);
 3. makes a private 0700 directory for the workers' shared Prometheus metrics
-   (``PROMETHEUS_MULTIPROC_DIR``), removed at exit;
+   (``PROMETHEUS_MULTIPROC_DIR``), removed at exit; each worker's files are named after its slot
+   (``counter_worker2.db``), so a restarted worker counts on in its predecessor's files;
 4. starts N workers (multiprocessing's *spawn*: fresh interpreters, no state forked from the
    supervisor) and hands each its options and the keys over its pipe: never a file, the command line
    or the environment;
@@ -485,6 +486,9 @@ def worker_main(conn: Connection, index: int) -> None:
     except (EOFError, OSError):
         os._exit(1)
     assert kind == "start"
+    from ._metrics import name_worker_files
+
+    name_worker_files(index)  # before any metric is recorded: a restart counts on in the same files
     configure_logging(options.log_format, options.log_level)
     for name in ("teeserve", "grpc"):  # the loggers configure_logging routes
         for handler in logging.getLogger(name).handlers:
