@@ -16,8 +16,9 @@ fi
 # declares a dependency on the full `tensorflow` wheel, which would install a second copy of TensorFlow
 # over tensorflow-cpu; its real needs (grpcio, protobuf, tensorflow) are already installed above.
 "$VENV/bin/python" -m pip install --quiet --no-deps tensorflow-serving-api==2.21.0
-# Debian packages for the multi-replica tests: nginx with its stream module (TLS passthrough).
-APT_PACKAGES=${TEESERVE_APT_PACKAGES-nginx libnginx-mod-stream}
+# Debian packages: nginx with its stream module (TLS passthrough) for the multi-replica tests; strace
+# for the test that traces what a real server writes to the file system (nothing).
+APT_PACKAGES=${TEESERVE_APT_PACKAGES-nginx libnginx-mod-stream strace}
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -17,7 +17,18 @@ keys or the traffic. One package, one sub-package per concern:
 
 from __future__ import annotations
 
-from ._errors import TeeserveError
+import os as _os
+
+# ONNX Runtime (1.2x and later, Linux included) records telemetry events: the model's graph name and
+# opsets, run counts and durations per batch size, error texts, host details. It keeps them in
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db and uploads them whenever it can. On a
+# TEE host that file is on the host's disk and the upload goes out through the host's network: off.
+# The switch is read when onnxruntime is imported, so it is set here, before any teeserve module can
+# import it (``disable_telemetry_events()`` comes too late to stop the file), and it is forced, not a
+# default a stray environment could undo. Worker processes inherit it.
+_os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+from ._errors import TeeserveError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["TeeserveError", "__version__"]

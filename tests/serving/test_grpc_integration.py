@@ -192,14 +192,39 @@ def test_classify_regress_multi_inference_on_a_savedmodel(served: Served) -> Non
     assert results[0].model_spec.version.value == 1
 
 
-def test_classify_on_a_model_without_classify_signature_is_an_error_not_a_crash(served: Served) -> None:
-    c = classification_pb2.ClassificationRequest()
-    c.model_spec.name = "digits"
-    _examples(c, [[1.0, 3.0]])
+def _example_api_error(served: Served, api: str, signature: str = "") -> tuple[grpc.StatusCode, str]:
+    if api == "MultiInference":
+        req: Any = inference_pb2.MultiInferenceRequest()
+        task = req.tasks.add()
+        task.model_spec.name, task.model_spec.signature_name = "digits", signature
+        task.method_name = "tensorflow/serving/classify"
+    else:
+        req = (classification_pb2.ClassificationRequest if api == "Classify" else regression_pb2.RegressionRequest)()
+        req.model_spec.name, req.model_spec.signature_name = "digits", signature
+    _examples(req, [[1.0, 3.0]])
     with pytest.raises(grpc.RpcError) as err:
-        served.stub.Classify(c, timeout=30)
-    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                                grpc.StatusCode.UNIMPLEMENTED), err.value.details()
+        getattr(served.stub, api)(req, timeout=30)
+    return err.value.code(), err.value.details()
+
+
+@pytest.mark.parametrize("api", ["Classify", "Regress", "MultiInference"])
+def test_example_apis_on_an_onnx_model_are_invalid_argument_with_the_reason(served: Served, api: str) -> None:
+    """An ONNX model has only its synthesized predict signature: TF Serving's INVALID_ARGUMENT, with
+    the reason (the method name; this check comes first because it is the clearest of the failures
+    TF Serving would report for a float-input predict signature)."""
+    what, method = ("regression", "regress") if api == "Regress" else ("classification", "classify")
+    assert _example_api_error(served, api) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Expected {what} signature method_name to be tensorflow/serving/{method}. Was: tensorflow/serving/predict")
+
+
+@pytest.mark.parametrize(("api", "message"), [
+    ("Classify", "No signature was found with the name: nope"),
+    ("Regress", "No signature was found with the name: nope"),
+    ("MultiInference", "Requested signature not found in model graph: nope"),
+])
+def test_example_apis_with_an_unknown_signature_use_tf_servings_words(served: Served, api: str, message: str) -> None:
+    assert _example_api_error(served, api, "nope") == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def test_model_status_and_reload(served: Served, onnx_model_dir: Path) -> None:

@@ -98,9 +98,13 @@ def test_onnx_request_errors(core: Any, rest: Any) -> None:
     assert (status, doc) == (400, {"error": 'Serving signature name: "nope" not found in signature def'})
     status, doc = get(port, "/v1/models/other")
     assert status == 404 and doc["error"]
-    # classify on a model without a classify signature: an error status, never a 5xx
-    status, doc = post(port, "/v1/models/digits:classify", {"examples": [{"x": [1.0, 2.0]}]})
-    assert 400 <= status < 500 and doc["error"]
+    # classify / regress on a model with only a predict signature: INVALID_ARGUMENT with the reason
+    for verb, what in (("classify", "classification"), ("regress", "regression")):
+        status, doc = post(port, f"/v1/models/digits:{verb}", {"examples": [{"x": [1.0, 2.0]}]})
+        assert (status, doc) == (400, {"error": f"Expected {what} signature method_name to be "
+                                                f"tensorflow/serving/{verb}. Was: tensorflow/serving/predict"})
+        status, doc = post(port, f"/v1/models/digits:{verb}", {"signature_name": "nope", "examples": [{"x": [1.0]}]})
+        assert (status, doc) == (400, {"error": "No signature was found with the name: nope"})
 
 
 @pytest.mark.slow

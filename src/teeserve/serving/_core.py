@@ -432,7 +432,8 @@ class ServingCore:
             def run_all() -> Any:
                 resp = pb.MultiInferenceResponse()
                 for t, fn in plan:
-                    key, result = fn(servable, t.model_spec.signature_name, req.input, check_method=check)
+                    key, result = fn(servable, t.model_spec.signature_name, req.input, check_method=check,
+                                     multi=True)
                     r = resp.results.add()
                     r.model_spec.name = ref.name
                     r.model_spec.version.value = entry.number

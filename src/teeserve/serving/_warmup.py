@@ -183,9 +183,9 @@ def _replay_one(servable: Servable, log: Any, check: bool) -> None:
         req = log.multi_inference_log.request
         for task in req.tasks:
             if task.method_name.endswith("/classify"):
-                run_classify(servable, task.model_spec.signature_name, req.input)
+                run_classify(servable, task.model_spec.signature_name, req.input, multi=True)
             elif task.method_name.endswith("/regress"):
-                run_regress(servable, task.model_spec.signature_name, req.input)
+                run_regress(servable, task.model_spec.signature_name, req.input, multi=True)
             else:
                 raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
     else:

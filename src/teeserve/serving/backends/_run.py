@@ -39,11 +39,18 @@ def _set(names: Any) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-def find_signature(servable: Servable, signature_name: str) -> tuple[str, Signature]:
+def find_signature(servable: Servable, signature_name: str, api: str = "Predict") -> tuple[str, Signature]:
+    """The signature a request names (empty: ``serving_default``); a missing one is reported with the
+    code and words of TF Serving's code path for that API (predict_util.cc, classifier.cc and
+    regressor.cc, multi_inference.cc)."""
     key = signature_name or DEFAULT_SIGNATURE
     sig = servable.signatures.get(key)
     if sig is None:
-        raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        if api == "Predict":
+            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        if api == "MultiInference":
+            raise ServingError(Code.INVALID_ARGUMENT, f"Requested signature not found in model graph: {key}")
+        raise ServingError(Code.INVALID_ARGUMENT, f"No signature was found with the name: {key}")
     return key, sig
 
 
@@ -175,9 +182,10 @@ def _check_method(sig: Signature, method: str, what: str, strict: bool) -> None:
 
 
 def run_classify(servable: Servable, signature_name: str, input_proto: Any, *,
-                 check_method: bool = False) -> tuple[str, Any]:
-    """(signature key, ``ClassificationResult``) for a Classify request."""
-    key, sig = find_signature(servable, signature_name)
+                 check_method: bool = False, multi: bool = False) -> tuple[str, Any]:
+    """(signature key, ``ClassificationResult``) for a Classify request (``multi``: for a task of a
+    MultiInference request, which words a missing signature its own way)."""
+    key, sig = find_signature(servable, signature_name, "MultiInference" if multi else "Classify")
     _check_method(sig, CLASSIFY_METHOD, "classification", check_method)
     alias = _single_string_input(sig, "classification")
     if len(sig.outputs) not in (1, 2):
@@ -224,9 +232,9 @@ def run_classify(servable: Servable, signature_name: str, input_proto: Any, *,
 
 
 def run_regress(servable: Servable, signature_name: str, input_proto: Any, *,
-                check_method: bool = False) -> tuple[str, Any]:
-    """(signature key, ``RegressionResult``) for a Regress request."""
-    key, sig = find_signature(servable, signature_name)
+                check_method: bool = False, multi: bool = False) -> tuple[str, Any]:
+    """(signature key, ``RegressionResult``) for a Regress request (``multi``: as for run_classify)."""
+    key, sig = find_signature(servable, signature_name, "MultiInference" if multi else "Regress")
     _check_method(sig, REGRESS_METHOD, "regression", check_method)
     alias = _single_string_input(sig, "regression")
     if len(sig.outputs) != 1:
