@@ -148,3 +148,26 @@ def test_warmup_classify_regress_and_multi_inference_records(make_core: Any, loo
     assert st.state == VersionState.AVAILABLE, st
     r = loop_thread.run(c.predict(ModelRef("ex"), "", {"x": np.array([[1.0, 2.5]], np.float32)}))
     assert r.outputs["y"].tolist() == [3.5]
+
+
+def test_warmup_replays_each_record_num_request_iterations_times(onnx_model_dir: Path) -> None:
+    """``--num_request_iterations_for_warmup``: every record is run that many times (at least once)."""
+    from teeserve.serving._warmup import run_warmup
+    from teeserve.serving.backends._onnx import OnnxServable
+
+    class Counting(OnnxServable):
+        runs = 0
+
+        def run(self, signature_name: str, inputs: Any, output_aliases: Any) -> Any:
+            type(self).runs += 1
+            return super().run(signature_name, inputs, output_aliases)
+
+    import onnxruntime as ort
+
+    servable = Counting(ort.InferenceSession(str(onnx_model_dir / "1" / "model.onnx"),
+                                             providers=["CPUExecutionProvider"]))
+    data = write_tfrecords([_predict_log({"images": np.zeros((1, 8, 8), np.float32)})] * 3)
+    for iterations, want in ((1, 3), (4, 12), (0, 3)):
+        Counting.runs = 0
+        assert run_warmup(servable, data, "warmup", iterations) == 3
+        assert Counting.runs == want, iterations

@@ -128,3 +128,44 @@ def test_savedmodel_classify_and_regress(make_core: Any, classify_model_dir: Pat
 
     status, doc = post(port, "/v1/models/examples:predict", {"instances": [[1.0, 2.5]]})
     assert (status, doc) == (200, {"predictions": [3.5]})
+
+
+# --- fuzzing against the real core -----------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from test_rest_fuzz import _check, _Client, _dumps, bodies  # noqa: E402
+
+_REAL_PATHS = ["/v1/models/digits:predict", "/v1/models/digits/versions/1:predict",
+               "/v1/models/digits/versions/2:predict", "/v1/models/digits/labels/stable:predict",
+               "/v1/models/digits:classify", "/v1/models/digits:regress", "/v1/models/other:predict"]
+_cells = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**65), 2**65) | st.booleans() \
+    | st.text(max_size=3) | st.none()
+_image = st.lists(st.lists(st.floats(-1e6, 1e6) | _cells, min_size=7, max_size=9), min_size=7, max_size=9)
+_digits_docs = st.one_of(
+    st.builds(lambda rows: {"instances": rows}, st.lists(_image, min_size=1, max_size=3)),
+    st.builds(lambda rows: {"inputs": {"images": rows}}, st.lists(_image, min_size=0, max_size=3)),
+    st.builds(lambda rows, sig: {"signature_name": sig, "instances": rows}, st.lists(_image, min_size=1, max_size=2),
+              st.sampled_from(["", "serving_default", "nope"])),
+)
+
+
+@pytest.fixture()
+def real_server(core: Any, rest: Any) -> Any:
+    return _Client(rest(core, timeout_ms=10000))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(path=st.sampled_from(_REAL_PATHS), body=bodies | st.builds(_dumps, _digits_docs))
+def test_fuzz_rest_bodies_against_the_real_core(real_server: Any, path: str, body: bytes) -> None:
+    """test_rest_fuzz's property over the real core and ONNX Runtime (the validation of shapes and
+    dtypes, the model run): a 2xx or a 4xx with an error message for any body, never a 5xx; a 200
+    for a predict has one prediction per row sent."""
+    status, data, content_type = real_server.post(path, body)
+    _check(status, data, content_type)
+    if status == 200 and path.endswith(":predict"):
+        doc = json.loads(body)
+        if "instances" in doc:
+            assert len(json.loads(data)["predictions"]) == len(doc["instances"])

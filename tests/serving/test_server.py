@@ -312,6 +312,46 @@ def test_mutual_tls_on_grpc_and_rest_with_encrypted_ssl_cfg_and_model(
     assert "PRIVATE KEY" not in log
 
 
+def test_server_only_tls_when_client_verify_is_false(tmp_path: Path, servers: list[ServerProcess], tls_dir: Path,
+                                                     onnx_model_dir: Path) -> None:
+    """``client_verify: false``: TLS on both APIs, no client certificate asked for; plaintext is still
+    refused on both ports."""
+    import httpx
+
+    text = (tls_dir / "ssl.cfg").read_text()
+    assert "client_verify: true" in text
+    cfg = tmp_path / "ssl.cfg"
+    cfg.write_text(text.replace("client_verify: true", "client_verify: false"))
+    ca = (tls_dir / "ca_cert.pem").read_bytes()
+    s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={onnx_model_dir}", f"--ssl_config_file={cfg}",
+                      rest=True, wait_ready=False)  # readiness over TLS without a client certificate: below
+    servers.append(s)
+    creds = grpc.ssl_channel_credentials(ca)
+    target = f"127.0.0.1:{s.port}"
+    opts = [("grpc.ssl_target_name_override", "localhost")]
+    deadline = time.monotonic() + 90
+    with grpc.secure_channel(target, creds, options=opts) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while True:
+            assert s.proc.poll() is None and time.monotonic() < deadline, s.log()
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=30)
+        assert resp.model_spec.name == "digits"
+    with grpc.insecure_channel(target) as ch:
+        with pytest.raises(grpc.RpcError):
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=10)
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    r = httpx.get(f"https://localhost:{s.rest_port}/v1/models/digits", verify=ctx, timeout=10)
+    assert r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError)):
+        httpx.get(f"http://127.0.0.1:{s.rest_port}/v1/models/digits", timeout=10)
+    assert "tls=server-only" in s.log(), s.log()
+
+
 def test_reference_deployment_command_line_serves(tmp_path: Path, servers: list[ServerProcess], tls_dir: Path,
                                                   onnx_model_dir: Path) -> None:
     """reference-deployment.md step 2.4, program name changed; only the ports (free ones), the model
