@@ -98,6 +98,11 @@ def test_warmup_replays_predict_records(make_core: Any, loop_thread: Any, tmp_pa
     ok_base = _copy_with_warmup(onnx_model_dir, tmp_path / "ok", [good] * 3)
     c = make_core(ok_base, num_request_iterations_for_warmup=2)
     assert loop_thread.call(lambda: c.model_status("digits"))[0].state == VersionState.AVAILABLE
+    from teeserve.serving._metrics import METRICS  # TF's warmup metrics, for this version's path
+
+    path = {"model_path": str(ok_base / "1")}
+    assert METRICS.registry.get_sample_value(":tensorflow:serving:model_warmup_records_read", path) == 3
+    assert METRICS.registry.get_sample_value(":tensorflow:serving:model_warmup_latency", path) > 0
     bad_base = _copy_with_warmup(onnx_model_dir, tmp_path / "bad", [good, bad])
     c2 = make_core(bad_base)
     (st,) = loop_thread.call(lambda: c2.model_status("digits"))
@@ -149,6 +154,28 @@ def test_warmup_classify_regress_and_multi_inference_records(make_core: Any, loo
     r = loop_thread.run(c.predict(ModelRef("ex"), "", {"x": np.array([[1.0, 2.5]], np.float32)}))
     assert r.outputs["y"].tolist() == [3.5]
 
+    # TF's request_example_counts: one observation per Classify / Regress / MultiInference request
+    from teeserve.serving._metrics import METRICS
+
+    def counts() -> tuple[float, float]:
+        get = METRICS.registry.get_sample_value
+        return (get(":tensorflow:serving:request_example_counts_count", {"model_name": "ex"}) or 0.0,
+                get(":tensorflow:serving:request_example_counts_sum", {"model_name": "ex"}) or 0.0)
+
+    before = counts()
+    three = pb.Input()
+    for _ in range(3):
+        three.example_list_with_context.examples.add().features.feature["x"].float_list.value.extend([1.0, 2.0])
+    loop_thread.run(c.classify(ModelRef("ex"), "classify_x", three))
+    loop_thread.run(c.regress(ModelRef("ex"), "regress_x", inp))
+    multi = pb.MultiInferenceRequest()
+    multi.input.CopyFrom(three)
+    task = multi.tasks.add(method_name="tensorflow/serving/regress")
+    task.model_spec.name, task.model_spec.signature_name = "ex", "regress_x"
+    loop_thread.run(c.multi_inference(multi))
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 7)
+
 
 def test_warmup_replays_each_record_num_request_iterations_times(onnx_model_dir: Path) -> None:
     """``--num_request_iterations_for_warmup``: every record is run that many times (at least once)."""
@@ -171,3 +198,34 @@ def test_warmup_replays_each_record_num_request_iterations_times(onnx_model_dir:
         Counting.runs = 0
         assert run_warmup(servable, data, "warmup", iterations) == 3
         assert Counting.runs == want, iterations
+
+
+def test_thread_flags_reach_tensorflow(saved_model_dir: Path) -> None:
+    """``--tensorflow_intra_op_parallelism`` / ``--tensorflow_inter_op_parallelism`` set TensorFlow's
+    process-wide thread pools before its runtime starts (a fresh interpreter: they cannot change later)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import asyncio, json
+        import numpy as np
+        from teeserve.serving import ModelRef
+        from teeserve.serving._config import ModelConfig, ServingOptions
+        from teeserve.serving._core import ServingCore
+        async def main():
+            c = ServingCore([ModelConfig("digits", {str(saved_model_dir)!r})],
+                            options=ServingOptions(file_system_poll_wait_seconds=0, tensorflow_intra_op_parallelism=3,
+                                                   tensorflow_inter_op_parallelism=2))
+            await c.start()
+            r = await c.predict(ModelRef("digits"), "", {{"images": np.zeros((1, 8, 8), np.float32)}})
+            await c.stop()
+            import tensorflow as tf
+            return [r.version, tf.config.threading.get_intra_op_parallelism_threads(),
+                    tf.config.threading.get_inter_op_parallelism_threads()]
+        print(json.dumps(asyncio.run(main())))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 3, 2]

@@ -189,6 +189,8 @@ def test_reload_config_adds_changes_and_removes_models(make_core: Any, loop_thre
     ('model_config_list { config { name: "a" base_path: "/x" model_platform: "pytorch" } }',
      "unsupported model_platform"),
     ("model_config_list { nonsense: 1 }", "not a text-format ModelServerConfig"),
+    ('model_config_list { config { name: "a" base_path: "/x" logging_config { sampling_config { '
+     'sampling_rate: 1.0 } } } }', "logging_config is not supported"),
 ])
 def test_bad_configs_are_rejected(core: Any, loop_thread: Any, text: str, fragment: str) -> None:
     with pytest.raises(ServingError) as e:

@@ -180,6 +180,11 @@ def parse_model_server_config(config: Any, source: str = "model config") -> list
         if platform not in ("tensorflow", "onnx"):
             raise ConfigError(f"{where} ({c.name}): unsupported model_platform {platform!r} "
                               "(teeserve serves 'tensorflow' and 'onnx')")
+        if c.HasField("logging_config"):
+            # TF Serving's request logger writes sampled requests and responses to files: on a TEE
+            # host, model inputs and outputs on the host's disk. Refused rather than silently dropped.
+            raise ConfigError(f"{where} ({c.name}): logging_config is not supported (request logging would "
+                              "write model inputs and outputs to the host's disk)")
         seen.add(c.name)
         labels = {k: int(v) for k, v in c.version_labels.items()}
         out.append(ModelConfig(c.name, c.base_path, platform, _policy(c, f"{where} ({c.name})"), labels))

@@ -83,7 +83,7 @@ from ._types import (
     VersionStatus,
 )
 from .backends._pool import InferencePool
-from .backends._run import prepare_predict, run_classify, run_regress
+from .backends._run import example_count, prepare_predict, run_classify, run_regress
 
 __all__ = ["ServingCore"]
 
@@ -271,7 +271,7 @@ class ServingCore:
                     fresh[c.name] = old
                 else:
                     fresh[c.name] = ModelManager(c, self.options, self.keyring, self._load_executor,
-                                                 on_load=self._record_load)
+                                                 on_load=self._record_load, on_warmup=METRICS.record_warmup)
                     if old is not None:
                         replaced.append(old)  # keeps serving until its successor has loaded
                     else:
@@ -396,6 +396,7 @@ class ServingCore:
                 functools.partial(fn, servable, signature_name, input_proto,
                                   check_method=self.options.enable_signature_method_name_check))
             METRICS.record_runtime(ref.name, api, servable.runtime, time.perf_counter() - start)
+            METRICS.record_examples(ref.name, example_count(input_proto))
             return ref.name, entry.number, result
 
     async def multi_inference(self, request: Any) -> Any:
@@ -447,6 +448,7 @@ class ServingCore:
             start = time.perf_counter()
             resp = await self._pool.submit(run_all)
             METRICS.record_runtime(ref.name, "MultiInference", servable.runtime, time.perf_counter() - start)
+            METRICS.record_examples(ref.name, example_count(req.input))
             return resp
 
     def signatures(self, ref: ModelRef) -> tuple[str, int, Mapping[str, Signature]]:

@@ -125,7 +125,8 @@ class ModelManager:
     """Versions of one configured model."""
 
     def __init__(self, config: ModelConfig, options: ServingOptions, keyring: KeyRing, executor: Executor,
-                 *, on_load: Callable[[str, str, float], None] | None = None) -> None:
+                 *, on_load: Callable[[str, str, float], None] | None = None,
+                 on_warmup: Callable[[str, int, float], None] | None = None) -> None:
         self.config = config
         self.options = options
         self.keyring = keyring
@@ -138,6 +139,7 @@ class ModelManager:
         self._guard = threading.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         self._on_load = on_load
+        self._on_warmup = on_warmup  # (version path, records, seconds) after a warmup that succeeded
         self._closed = False
         self._closing = asyncio.Event()
         self._warned_empty = False
@@ -301,6 +303,7 @@ class ModelManager:
                     servable.close()
                     raise LoadError(Code.DATA_LOSS if exc.permanent else Code.UNAVAILABLE, str(exc),
                                     permanent=exc.permanent) from exc
+                warmup_start = time.perf_counter()
                 try:
                     n = run_warmup(servable, data, files.path(WARMUP_FILE),
                                    self.options.num_request_iterations_for_warmup,
@@ -308,6 +311,8 @@ class ModelManager:
                 except LoadError:
                     servable.close()
                     raise
+                if self._on_warmup is not None:
+                    self._on_warmup(path, n, time.perf_counter() - warmup_start)
                 log.info("warmed up %s from %d records", path, n)
         return servable, batching
 

@@ -177,6 +177,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="sum",
         )
+        self.tf_warmup_latency = Gauge(
+            ":tensorflow:serving:model_warmup_latency",
+            "Latency in microseconds for model warm up.",
+            ["model_path"],
+            registry=r,
+            multiprocess_mode="sum",
+        )
+        self.tf_warmup_records_read = Gauge(
+            ":tensorflow:serving:model_warmup_records_read",
+            "The number of warmup records read (each replayed --num_request_iterations_for_warmup times).",
+            ["model_path"],
+            registry=r,
+            multiprocess_mode="sum",
+        )
+        self.tf_request_example_counts = Histogram(
+            ":tensorflow:serving:request_example_counts",
+            "The number of tensorflow.Examples per request (Classify, Regress, MultiInference).",
+            ["model_name"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
 
         # --- teeserve's own ---------------------------------------------------------------------
         self.requests = Counter(
@@ -313,6 +334,16 @@ class Metrics:
         if status == "success":
             self.tf_load_latency.labels(path).inc(seconds * 1e6)
         self.load_duration.labels(status).observe(seconds)
+
+    def record_warmup(self, model_path: str, records: int, seconds: float) -> None:
+        """A version's warmup that succeeded: ``records`` read from its warmup file in ``seconds``."""
+        path = _label(model_path)
+        self.tf_warmup_latency.labels(path).inc(seconds * 1e6)
+        self.tf_warmup_records_read.labels(path).inc(records)
+
+    def record_examples(self, model_name: str, examples: int) -> None:
+        """One Classify, Regress or MultiInference request of ``examples`` tf.Examples."""
+        self.tf_request_example_counts.labels(_label(model_name)).observe(examples)
 
     def record_batch(self, model_name: str, batch_size: int, padding: int, queue_seconds: float) -> None:
         """One executed batch: ``batch_size`` real rows, ``padding`` rows added, and how long its

@@ -20,6 +20,7 @@ from ._base import Servable
 
 __all__ = [
     "PreparedPredict",
+    "example_count",
     "find_signature",
     "prepare_predict",
     "serialized_examples",
@@ -128,6 +129,16 @@ def prepare_predict(servable: Servable, signature_name: str, inputs: Mapping[str
 
 
 # -- Classify / Regress ---------------------------------------------------------------------------
+
+
+def example_count(input_proto: Any) -> int:
+    """How many tf.Examples a ``tensorflow.serving.Input`` carries (TF's request_example_counts)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        return len(input_proto.example_list.examples)
+    if kind == "example_list_with_context":
+        return len(input_proto.example_list_with_context.examples)
+    return 0
 
 
 def serialized_examples(input_proto: Any) -> list[bytes]:
