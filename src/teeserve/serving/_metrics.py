@@ -51,7 +51,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-__all__ = ["Metrics", "METRICS", "name_worker_files", "UNKNOWN_MODEL", "INFERENCE_APIS", "TF_LATENCY_BUCKETS_US", "LATENCY_BUCKETS_S"]
+__all__ = ["Metrics", "METRICS", "name_worker_files", "UNKNOWN_MODEL", "INFERENCE_APIS", "TF_LATENCY_BUCKETS_US",
+           "LATENCY_BUCKETS_S"]
 
 #: TensorFlow Serving's latency buckets: ``Buckets::Exponential(10, 1.8, 33)`` in microseconds.
 TF_LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(32)) + (float("inf"),)
