@@ -150,6 +150,18 @@ def test_cli_help_documents_the_flags() -> None:
         assert flag in out.stdout
 
 
+def test_grpc_server_option() -> None:
+    base = parse("--model_base_path=/m")
+    assert (base.grpc_server, base.grpc_server_kind) == ("auto", "aio")  # one process: grpc.aio
+    assert parse("--model_base_path=/m --workers 2").grpc_server_kind == "threads"  # each worker: threads
+    assert parse("--model_base_path=/m --workers 2 --grpc-server aio").grpc_server_kind == "aio"
+    threads = parse("--model_base_path=/m --grpc-server=threads")
+    assert threads.grpc_server_kind == "threads"
+    assert threads.measured_config() == base.measured_config()  # capacity, not what is served
+    with pytest.raises(SystemExit):
+        parse("--model_base_path=/m --grpc-server=twisted")
+
+
 def test_event_loop_option_does_not_change_the_measurement() -> None:
     base = parse("--model_base_path=/m")
     assert base.event_loop == "auto"

@@ -165,10 +165,14 @@ def _digits_request(name: str = "digits") -> predict_pb2.PredictRequest:
     return req
 
 
+@pytest.mark.parametrize("grpc_server", ["aio", "threads"])
 def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path, servers: list[ServerProcess],
-                                                          slow_model_dir: Path) -> None:
+                                                          slow_model_dir: Path, grpc_server: str) -> None:
+    """On either gRPC server (--grpc-server): health answers while the model is busy (here with a single
+    --grpc_max_threads thread, held by that request), SIGTERM refuses new calls, lets the one in flight
+    finish, exits 0."""
     s = ServerProcess(tmp_path, "--model_name=slow", f"--model_base_path={slow_model_dir}", "--drain-timeout=30",
-                      "--log-format=json", rest=True)
+                      "--log-format=json", f"--grpc-server={grpc_server}", "--grpc_max_threads=1", rest=True)
     servers.append(s)
     n = steps_for(3.0, slow_model_dir)
     outcome: dict[str, Any] = {}
@@ -214,12 +218,16 @@ def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path, servers
     lines = [json.loads(line) for line in s.log().splitlines() if line.startswith("{")]
     messages = [rec["message"] for rec in lines]
     assert any(m.startswith("SIGTERM received: draining") for m in messages)
+    assert [rec.get("grpc_server") for rec in lines if rec["message"] == "gRPC API listening"] == [grpc_server]
     assert messages[-1] == "stopped"
     assert all({"time", "level", "logger", "message"} <= set(rec) for rec in lines)
 
 
-def test_drain_is_bounded_by_drain_timeout(tmp_path: Path, servers: list[ServerProcess], slow_model_dir: Path) -> None:
-    s = ServerProcess(tmp_path, "--model_name=slow", f"--model_base_path={slow_model_dir}", "--drain-timeout=1")
+@pytest.mark.parametrize("grpc_server", ["aio", "threads"])
+def test_drain_is_bounded_by_drain_timeout(tmp_path: Path, servers: list[ServerProcess], slow_model_dir: Path,
+                                           grpc_server: str) -> None:
+    s = ServerProcess(tmp_path, "--model_name=slow", f"--model_base_path={slow_model_dir}", "--drain-timeout=1",
+                      f"--grpc-server={grpc_server}")
     servers.append(s)
     n = steps_for(40, slow_model_dir)
     with s.channel() as ch:

@@ -32,6 +32,9 @@ from typing import Any
 from .._errors import UsageError
 from ._eventloop import EVENT_LOOPS, loop_factory
 
+#: ``--grpc-server`` values (see :meth:`ServerOptions.grpc_server_kind`).
+GRPC_SERVERS = ("auto", "aio", "threads")
+
 __all__ = [
     "ServerOptions",
     "add_serve_arguments",
@@ -218,6 +221,7 @@ class ServerOptions:
     drain_timeout: float = 20.0
     workers: int = 1
     event_loop: str = "auto"
+    grpc_server: str = "auto"
     log_format: str = "text"
     log_level: str = "info"
     # Attestation: obtain the keys from a key broker before anything is decrypted.
@@ -234,6 +238,15 @@ class ServerOptions:
     def plaintext(self) -> bool:
         return not self.ssl_config_file
 
+    @property
+    def grpc_server_kind(self) -> str:
+        """``aio`` or ``threads``: what ``--grpc-server`` picks for this process. ``auto`` takes the one
+        measured faster for the process count (docs/serving.md, "Several workers"): grpc.aio for one
+        serving process, gRPC's thread-pool server for each of several ``--workers``."""
+        if self.grpc_server != "auto":
+            return self.grpc_server
+        return "threads" if self.workers > 1 else "aio"
+
     def measured_config(self) -> bytes:
         """The configuration bytes the simulated TEE measures together with the code.
 
@@ -246,9 +259,9 @@ class ServerOptions:
         from dataclasses import asdict
 
         d = asdict(self)
-        # --workers and --event-loop change capacity, not what is served.
+        # --workers, --event-loop and --grpc-server change capacity, not what is served.
         for volatile in ("log_format", "log_level", "accepted_only", "key_broker_timeout", "workers",
-                         "event_loop"):
+                         "event_loop", "grpc_server"):
             d.pop(volatile, None)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
@@ -323,6 +336,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="the asyncio event loop: uvloop (libuv; about 12%% less CPU per small REST request here), "
         "asyncio (the standard library's), or auto = uvloop when it can be imported and works here, else "
         "asyncio with a warning (default: auto)",
+    )
+    own.add_argument(
+        "--grpc-server", dest="grpc_server", choices=GRPC_SERVERS, default="auto",
+        help="the gRPC server: aio (grpc.aio on the event loop; small models run on the loop, others in "
+        "the inference threads), threads (gRPC's thread-pool server; Predict runs in its "
+        "--grpc_max_threads threads), or auto = aio with one serving process, threads with --workers > 1, "
+        "the faster of the two in each case here (default: auto)",
     )
     att = p.add_argument_group(
         "attestation",
@@ -468,6 +488,7 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         drain_timeout=drain,
         workers=workers,
         event_loop=event_loop,
+        grpc_server=getattr(ns, "grpc_server", "auto") or "auto",
         log_format=ns.log_format,
         log_level=ns.log_level,
         accepted_only=tuple(accepted),

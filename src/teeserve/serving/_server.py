@@ -188,6 +188,7 @@ class ModelServer:
         self.core: Any = None
         self.grpc_front: Any = None
         self.grpc_server: Any = None
+        self._grpc_kind = ""  # "aio" or "threads" once gRPC listens
         self.rest_server: Any = None
         self.tls = TlsSetup()
         self.grpc_port = 0
@@ -356,20 +357,28 @@ class ModelServer:
         o = self.options
         if not o.port and not o.grpc_socket_path:
             return
-        # gRPC's thread-pool server, not grpc.aio: Predict runs in its worker threads (off the event
-        # loop), which costs a third less server CPU per small request than aio plus a hop to the
-        # inference pool (benchmarks/bench_serving.py --frontends). --grpc_max_threads sizes the pool:
-        # more calls wait in line, as on TensorFlow Serving.
+        # --grpc-server (ServerOptions.grpc_server_kind): grpc.aio on this event loop, where a small
+        # model runs inline and a bigger one in the inference threads; or gRPC's thread-pool server,
+        # where Predict runs in its worker threads and every other call is handed to the loop. Each is
+        # the faster one for its process count (auto). --grpc_max_threads caps the calls in progress:
+        # more wait in line, as on TensorFlow Serving (on aio: inference calls; on threads: the pool).
         from concurrent.futures import ThreadPoolExecutor
 
-        threads = o.grpc_max_threads or 2 * (os.cpu_count() or 1)
+        self._grpc_kind = o.grpc_server_kind
+        threaded = self._grpc_kind == "threads"
         self.grpc_front = GrpcFrontEnd(self.core, max_concurrent=o.grpc_max_threads,
-                                       tensor_content=o.enable_serialization_as_tensor_content, threaded=True,
+                                       tensor_content=o.enable_serialization_as_tensor_content, threaded=threaded,
                                        reload_config=self._reload_and_relay if self._on_reload else None)
-        self._grpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-grpc")
-        server = grpc.server(self._grpc_pool,
-                             options=server_options(o.grpc_channel_arguments, reuse_port=self._reuse_port))
-        self.grpc_front.add_to_threaded_server(server, asyncio.get_running_loop())
+        options = server_options(o.grpc_channel_arguments, reuse_port=self._reuse_port)
+        server: Any
+        if threaded:
+            threads = o.grpc_max_threads or 2 * (os.cpu_count() or 1)
+            self._grpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="teeserve-grpc")
+            server = grpc.server(self._grpc_pool, options=options)
+            self.grpc_front.add_to_threaded_server(server, asyncio.get_running_loop())
+        else:
+            server = grpc.aio.server(options=options)
+            self.grpc_front.add_to_server(server)
         addresses = []
         if o.port:
             host = f"[{o.host}]" if ":" in o.host else o.host
@@ -389,11 +398,14 @@ class ModelServer:
             if not address.startswith("unix:"):
                 self.grpc_port = bound
         await self.grpc_front.init_health()
-        server.start()
+        if threaded:
+            server.start()
+        else:
+            await server.start()
         self.grpc_server = server
         log.info(
             "gRPC API listening",
-            extra={"addresses": ",".join(addresses), "tls": self._tls_name()},
+            extra={"addresses": ",".join(addresses), "tls": self._tls_name(), "grpc_server": self._grpc_kind},
         )
 
     async def start_rest(self) -> None:
@@ -624,8 +636,11 @@ class ModelServer:
             task.cancel()
         closing = []
         if self.grpc_server is not None:
-            stopped = self.grpc_server.stop(grace)  # a threading.Event, set when the last call ended
-            closing.append(loop.run_in_executor(None, stopped.wait, grace + 5))
+            if self._grpc_kind == "threads":
+                stopped = self.grpc_server.stop(grace)  # a threading.Event, set when the last call ended
+                closing.append(loop.run_in_executor(None, stopped.wait, grace + 5))
+            else:
+                closing.append(self.grpc_server.stop(grace))  # grpc.aio: done when the last call ended
         if self.rest_server is not None:
             closing.append(self.rest_server.close(grace))
         await asyncio.gather(*closing, return_exceptions=True)
