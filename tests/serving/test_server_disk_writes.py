@@ -98,8 +98,13 @@ def _output(log: Path) -> str:
     return Path(f"{log}.out").read_text(errors="replace")[-4000:]
 
 
+#: onnxruntime turns its telemetry off by itself when it sees one of these (CI services): removed, so
+#: that the control run shows the telemetry file and the server run shows teeserve's switch at work.
+_CI_MARKERS = ("GITHUB_ACTIONS", "TF_BUILD")
+
+
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "XDG_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "XDG_")) and k not in _CI_MARKERS}
     # A home of the test's own: whatever a library would drop into ~/.cache or ~/.config lands there.
     # Bytecode caching is off (it writes __pycache__ files that are neither model nor traffic).
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
