@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,42 +21,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serving import digits_model, free_port  # noqa: E402  (the same model files as the serving benchmark)
+from bench_serving import Server, digits_model  # noqa: E402  (the serving benchmark's server and model files)
 
 
-def start_to_ready(base: Path, name: str) -> dict[str, float | bool]:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    port = free_port()
+def start_to_ready(base: Path, name: str, log_dir: Path) -> dict[str, float | bool]:
+    """bench_serving's server (``python -m teeserve serve`` on 127.0.0.1, returned once gRPC health is
+    SERVING): seconds from its start to that, then what the process holds while serving."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "teeserve", "serve", f"--model_name={name}",
-                             f"--model_base_path={base}", f"--port={port}", "--host=127.0.0.1", "--log-level=warning",
-                             "--file_system_poll_wait_seconds=0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    server = Server(name, base, log_dir)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server on {base} exited with status {proc.returncode}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    time.sleep(0.05)
-                if time.monotonic() - t0 > 300:
-                    raise SystemExit(f"the server on {base} was not ready after 300 s")
         ready_s = time.monotonic() - t0
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
         return {"ready_s": ready_s, "rss_mb": int(status.split("VmRSS:")[1].split()[0]) / 1024,
                 "tensorflow": "_pywrap_tensorflow" in maps or "libtensorflow" in maps,
                 "onnxruntime": "onnxruntime" in maps}
     finally:
-        proc.terminate()
-        proc.wait(60)
+        server.stop()
 
 
 def main() -> int:
@@ -66,11 +46,13 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench-out" / "serving"), help="where the models are made/kept")
     args = p.parse_args()
     onnx_base, name = digits_model(Path(args.out) / "models")
+    log_dir = Path(args.out) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     saved_base = onnx_base.parent / name  # make_digits writes the SavedModel beside the ONNX twin
     runs: dict[str, list[dict[str, float | bool]]] = {"ONNX": [], "SavedModel": []}
     for i in range(args.rounds):
         for kind, base in (("ONNX", onnx_base), ("SavedModel", saved_base)):
-            r = start_to_ready(base, name)
+            r = start_to_ready(base, name, log_dir)
             runs[kind].append(r)
             print(f"round {i + 1}: {kind:10} ready in {r['ready_s']:5.2f} s, RSS {r['rss_mb']:5.0f} MB, "
                   f"tensorflow mapped: {r['tensorflow']}, onnxruntime mapped: {r['onnxruntime']}", flush=True)

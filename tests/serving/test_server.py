@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,30 @@ def steps_for(seconds: float, slow_model_dir: Path) -> int:
     return int(seconds / per_step)
 
 
-class ServerProcess:
-    """``python -m teeserve serve ...`` with stderr captured to a file; waits until gRPC health is SERVING."""
+def wait_serving(ch: grpc.Channel, proc: subprocess.Popen[bytes], log: Callable[[], str], timeout: float = 90) -> None:
+    """Poll gRPC health over ``ch`` until the server says SERVING; fail with ``log()`` if ``proc`` exits
+    first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    health = health_pb2_grpc.HealthStub(ch)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log()}")
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                    health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server not ready after {timeout}s:\n{log()}")
 
-    def __init__(self, tmp: Path, *args: str, tls: tuple[bytes, bytes, bytes] | None = None,
+
+class ServerProcess:
+    """``python -m teeserve serve ...`` with stderr captured to a file; waits until gRPC health is SERVING.
+    ``tls``: (CA, client key, client certificate) for the client side; key and certificate may be None
+    (a server that asks for no client certificate)."""
+
+    def __init__(self, tmp: Path, *args: str, tls: tuple[bytes, bytes | None, bytes | None] | None = None,
                  rest: bool = False, wait_ready: bool = True, port_flags: bool = True, port: int = 0,
                  cwd: Path | None = None) -> None:
         self.port = port or free_port()
@@ -112,20 +132,8 @@ class ServerProcess:
         return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
 
     def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
         with self.channel() as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+            wait_serving(ch, self.proc, self.log, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -332,24 +340,12 @@ def test_server_only_tls_when_client_verify_is_false(tmp_path: Path, servers: li
     cfg.write_text(text.replace("client_verify: true", "client_verify: false"))
     ca = (tls_dir / "ca_cert.pem").read_bytes()
     s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={onnx_model_dir}", f"--ssl_config_file={cfg}",
-                      rest=True, wait_ready=False)  # readiness over TLS without a client certificate: below
+                      rest=True, tls=(ca, None, None))  # TLS without a client certificate, readiness included
     servers.append(s)
-    creds = grpc.ssl_channel_credentials(ca)
-    target = f"127.0.0.1:{s.port}"
-    opts = [("grpc.ssl_target_name_override", "localhost")]
-    deadline = time.monotonic() + 90
-    with grpc.secure_channel(target, creds, options=opts) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        while True:
-            assert s.proc.poll() is None and time.monotonic() < deadline, s.log()
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    break
-            except grpc.RpcError:
-                time.sleep(0.1)
+    with s.channel() as ch:
         resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=30)
         assert resp.model_spec.name == "digits"
-    with grpc.insecure_channel(target) as ch:
+    with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
         with pytest.raises(grpc.RpcError):
             prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=10)
     ctx = ssl.create_default_context(cadata=ca.decode())

@@ -30,10 +30,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from test_server import free_port  # the same folder's helpers
+from test_server import free_port, wait_serving  # the same folder's helpers
 
 pytestmark = pytest.mark.slow
 
@@ -144,18 +143,8 @@ def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, en
             "--host=127.0.0.1", f"--port={port}", f"--rest_api_port={rest_port}", "--file_system_poll_wait_seconds=1"]
     proc = _traced(strace, log, argv, env, tmp_path)
     try:
-        deadline = time.monotonic() + 120
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                assert proc.poll() is None, _output(log)
-                assert time.monotonic() < deadline, "the traced server did not get ready"
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    time.sleep(0.2)
+            wait_serving(ch, proc, lambda: _output(log), timeout=120)
             x = np.random.default_rng(3).random((2, 8, 8), dtype=np.float32)
             req = predict_pb2.PredictRequest()
             req.model_spec.name = "digits"

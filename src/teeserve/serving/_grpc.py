@@ -215,7 +215,6 @@ class GrpcFrontEnd:
         # The threaded (sync) gRPC server needs the synchronous servicer; its set() is not awaitable.
         self.health = health.HealthServicer() if threaded else health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._health_pool: Any = None  # the threaded server's health-check threads
         self._ready = False
         self._draining = False
 
@@ -311,7 +310,6 @@ class GrpcFrontEnd:
         check.experimental_thread_pool = pool  # type: ignore[attr-defined]
         watch.experimental_thread_pool = pool  # type: ignore[attr-defined]
         watch.experimental_non_blocking = True  # type: ignore[attr-defined]
-        self._health_pool = pool
         return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
             "Check": grpc.unary_unary_rpc_method_handler(
                 check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
