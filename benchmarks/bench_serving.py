@@ -96,14 +96,17 @@ async def _loadgen(args: argparse.Namespace) -> dict[str, Any]:
     if args.rest:
         calls = await _rest_calls(args, data)
         return await _drive(args, data, calls, (RuntimeError, OSError, asyncio.IncompleteReadError))
+    # A local subchannel pool per channel: without it, gRPC gives every channel of a process with the same
+    # target and arguments one shared TCP connection, and "--channels 4" would be a single connection (which
+    # a server with --workers cannot spread: the kernel hands out connections, not calls).
+    opts = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
     if args.ca:
         creds = grpc.ssl_channel_credentials(Path(args.ca).read_bytes(), Path(args.key).read_bytes(),
                                              Path(args.cert).read_bytes())
         make = lambda: grpc.aio.secure_channel(  # noqa: E731
-            args.target, creds, options=[("grpc.ssl_target_name_override", "localhost"),
-                                         ("grpc.max_receive_message_length", -1)])
+            args.target, creds, options=[("grpc.ssl_target_name_override", "localhost"), *opts])
     else:
-        make = lambda: grpc.aio.insecure_channel(args.target, options=[("grpc.max_receive_message_length", -1)])  # noqa: E731
+        make = lambda: grpc.aio.insecure_channel(args.target, options=opts)  # noqa: E731
     channels = [make() for _ in range(max(1, min(args.concurrency, args.channels)))]
     calls = [ch.unary_unary(PREDICT) for ch in channels]
     try:
