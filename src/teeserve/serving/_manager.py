@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,33 @@ class LoadedVersion:
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.number, self.state, self.error_code, self.error_message)
+
+
+class _Hold:
+    """:meth:`ModelManager.acquire`'s context manager: a class, not a generator, since it runs on every
+    request (about 2 µs less per call)."""
+
+    __slots__ = ("_manager", "_ref", "_entry")
+
+    def __init__(self, manager: ModelManager, ref: ModelRef) -> None:
+        self._manager = manager
+        self._ref = ref
+
+    def __enter__(self) -> LoadedVersion:
+        m = self._manager
+        with m._guard:  # resolve + count atomically: an unload cannot slip in between
+            entry = m.resolve(self._ref)
+            entry.inflight += 1
+        self._entry = entry
+        return entry
+
+    def __exit__(self, *exc: object) -> None:
+        entry = self._entry
+        with self._manager._guard:
+            entry.inflight -= 1
+            drained = entry.drained if entry.inflight == 0 else None
+        if drained is not None:
+            _set_event(drained, entry.drained_loop)
 
 
 def _follow(estimate: float, sample: float, on_loop: bool, weight: float) -> float:
@@ -162,29 +189,21 @@ class ModelManager:
                 raise ServingError(Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {ref.label}")
             version = self.labels[ref.label]
         if version is None:
-            avail = self.available()
-            if not avail:
+            # The highest AVAILABLE version (tuple() copies the items atomically, as in available()).
+            latest = max((v for v, e in tuple(self.versions.items()) if e.state == VersionState.AVAILABLE),
+                         default=None)
+            if latest is None:
                 raise _not_found(ref)
-            return self.versions[avail[-1]]
+            return self.versions[latest]
         entry = self.versions.get(version)
         if entry is None or entry.state != VersionState.AVAILABLE:
             raise _not_found(ref, version)
         return entry
 
-    @contextlib.contextmanager
-    def acquire(self, ref: ModelRef) -> Iterator[LoadedVersion]:
-        """Hold a version for the duration of one request (it will not be unloaded meanwhile)."""
-        with self._guard:  # resolve + count atomically: an unload cannot slip in between
-            entry = self.resolve(ref)
-            entry.inflight += 1
-        try:
-            yield entry
-        finally:
-            with self._guard:
-                entry.inflight -= 1
-                drained = entry.drained if entry.inflight == 0 else None
-            if drained is not None:
-                _set_event(drained, entry.drained_loop)
+    def acquire(self, ref: ModelRef) -> _Hold:
+        """Hold a version for the duration of one request (it will not be unloaded meanwhile):
+        ``with manager.acquire(ref) as entry: ...``."""
+        return _Hold(self, ref)
 
     def status(self, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         if not self.versions:

@@ -10,6 +10,7 @@ arrays of ``bytes``. Errors are :class:`ServingError` INVALID_ARGUMENT naming th
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -107,6 +108,9 @@ def numpy_dtype(dtype: int) -> np.dtype[Any]:
 
 def tf_dtype(arr_dtype: np.dtype[Any]) -> int:
     """The DataType of a numpy dtype (``U``/``S``/object arrays are DT_STRING)."""
+    found = NUMPY_TO_DTYPE.get(arr_dtype)  # native byte order: the common case, one lookup
+    if found is not None:
+        return found
     if arr_dtype.kind in ("U", "S", "O"):
         return DT.STRING
     try:
@@ -128,17 +132,16 @@ def tensor_proto_to_ndarray(tp: Any, alias: str = "") -> np.ndarray:
     negative dimensions, or a value count that does not fit the shape.
     """
     dtype = tp.dtype
-    if dtype not in DTYPE_TO_NUMPY:
+    npd = DTYPE_TO_NUMPY.get(dtype)
+    if npd is None:
         raise _bad(alias, f"unsupported dtype {dtype_name(dtype)}")
-    if tp.tensor_shape.unknown_rank:
+    tensor_shape = tp.tensor_shape
+    if tensor_shape.unknown_rank:
         raise _bad(alias, "tensor shape has unknown rank")
-    shape = tuple(int(d.size) for d in tp.tensor_shape.dim)
-    if any(d < 0 for d in shape):
+    shape = tuple([d.size for d in tensor_shape.dim])
+    if shape and min(shape) < 0:
         raise _bad(alias, f"negative dimension in shape {list(shape)}")
-    n = 1
-    for d in shape:
-        n *= d
-    npd = DTYPE_TO_NUMPY[dtype]
+    n = math.prod(shape)
     content = tp.tensor_content
     if content and dtype != DT.STRING:
         if len(content) != n * npd.itemsize:

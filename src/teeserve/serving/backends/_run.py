@@ -74,14 +74,15 @@ def prepare_predict(servable: Servable, signature_name: str, inputs: Mapping[str
     if check_method and sig.method_name != PREDICT_METHOD:
         raise ServingError(Code.INVALID_ARGUMENT, f"Expected prediction signature method_name to be "
                                                   f"{PREDICT_METHOD}. Was: {sig.method_name}")
-    sent, expected = set(inputs), set(sig.inputs)
-    if len(sent) != len(expected):
-        raise ServingError(
-            Code.INVALID_ARGUMENT,
-            f"input size does not match signature: {len(sent)}!={len(expected)} len({_set(sent)}) != "
-            f"len({_set(expected)}). Sent extra: {_set(sent - expected)}. "
-            f"Missing but required: {_set(expected - sent)}.")
-    for alias in sorted(sent - expected):
+    if inputs.keys() != sig.inputs.keys():  # the words of TF Serving for each way they differ
+        sent, expected = set(inputs), set(sig.inputs)
+        if len(sent) != len(expected):
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(expected)} len({_set(sent)}) != "
+                f"len({_set(expected)}). Sent extra: {_set(sent - expected)}. "
+                f"Missing but required: {_set(expected - sent)}.")
+        alias = min(sent - expected)
         raise ServingError(Code.INVALID_ARGUMENT, f"input tensor alias not found in signature: {alias}. "
                                                   f"Inputs expected to be in the set {_set(expected)}.")
     aliases: list[str] = []
