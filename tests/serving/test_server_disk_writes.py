@@ -1,6 +1,6 @@
 """What a real ``teeserve serve`` process writes to the file system: nothing.
 
-The server of an encrypted ONNX model runs under ``strace -f`` (every thread, every child), loads the
+The server of an encrypted ONNX model, and of an encrypted SavedModel, runs under ``strace -f`` (every thread, every child), loads the
 model, answers gRPC and REST, drains on SIGTERM; the trace of every call that opens, creates, renames,
 links or truncates a file is then read. Not one file may be opened for writing or created: the
 plaintext model, the keys and the traffic can only reach the disk through such a call. This is the
@@ -10,7 +10,9 @@ after an in-process load).
 It also keeps ONNX Runtime's own telemetry off the host: ONNX Runtime 1.32 writes events (the model's
 graph name, opsets, run timings per batch size, error texts) to
 ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db`` and uploads them when it can. A control
-run of plain onnxruntime under the same trace shows that file being written, so the check can fail.
+run of plain onnxruntime under the same trace shows that file being written, so the check can fail; a
+second control shows what a plain ``import tensorflow`` writes (Keras's config, matplotlib's font cache),
+which the SavedModel backend's import guard (``backends/_tf.py``) prevents.
 
 Needs ``strace`` (a Debian package that ``scripts/bootstrap.sh`` installs).
 """
@@ -45,6 +47,8 @@ _NAMING = re.compile(r"\b(rename|renameat|renameat2|link|linkat|symlink|symlinka
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
 #: Opened read-write by a process without writing a byte to any file (a character device).
 _ALLOWED = {"/dev/null"}
+#: A thread's name in procfs (TensorFlow names its threads with pthread_setname_np): no file system.
+_THREAD_NAME = re.compile(r"/proc/self/task/\d+/comm")
 
 
 def writes_in(trace: str) -> list[str]:
@@ -56,7 +60,8 @@ def writes_in(trace: str) -> list[str]:
         m = _OPEN.search(line)
         if m:
             call, path, flags = m.group(1), m.group(2), m.group(3) or ""
-            if path not in _ALLOWED and (call == "creat" or any(f in flags for f in _WRITE_FLAGS)):
+            if path not in _ALLOWED and not _THREAD_NAME.fullmatch(path) and \
+                    (call == "creat" or any(f in flags for f in _WRITE_FLAGS)):
                 found.append(line.strip())
         elif _NAMING.search(line):
             found.append(line.strip())
@@ -75,8 +80,10 @@ def test_writes_in_reads_strace_lines() -> None:
         '106 open("/etc/hosts", O_RDONLY) = 12',
         '107 rename("/tmp/a", "/tmp/b") = 0',
         "108 memfd_create(\"weights\", MFD_CLOEXEC) = 13",
+        '109 openat(AT_FDCWD, "/proc/self/task/4242/comm", O_RDWR) = 14',
+        '110 openat(AT_FDCWD, "/proc/self/task/4242/environ", O_RDWR) = 15',
     ])
-    assert [w.split()[0] for w in writes_in(trace)] == ["102", "103", "104", "105", "107", "108"]
+    assert [w.split()[0] for w in writes_in(trace)] == ["102", "103", "104", "105", "107", "108", "110"]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +137,25 @@ def test_plain_onnxruntime_writes_its_telemetry_file_the_control(strace: str, tm
     assert list(home.rglob("onnxruntime.db"))
 
 
-def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, encrypted_onnx_model_dir: Path,
-                                                 wrap_key: bytes) -> None:
+def test_plain_tensorflow_import_writes_keras_and_matplotlib_files_the_control(strace: str, tmp_path: Path) -> None:
+    """The control for the SavedModel server: ``import tensorflow`` alone writes Keras's config, and
+    Keras's import of matplotlib its font cache, under $HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "control.trace"
+    env = {k: v for k, v in _env(home).items() if k not in ("KERAS_HOME", "MPLCONFIGDIR", "TEST_TMPDIR")}
+    proc = _traced(strace, log, [sys.executable, "-c", "import tensorflow"], env, tmp_path)
+    assert proc.wait(300) == 0, _output(log)
+    found = writes_in(log.read_text())
+    assert any("keras.json" in w for w in found), found
+    assert any("matplotlib" in w for w in found), found
+
+
+@pytest.mark.parametrize("kind", ["onnx", "savedmodel"])
+def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                                 kind: str, wrap_key: bytes) -> None:
+    model_dir = request.getfixturevalue("encrypted_onnx_model_dir" if kind == "onnx" else "encrypted_saved_model_dir")
+    model_file = "model.onnx" if kind == "onnx" else "saved_model.pb"
     home = tmp_path / "home"
     home.mkdir()
     key_file = tmp_path / "wrap_key"
@@ -142,7 +166,7 @@ def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, en
     env["ORT_DISABLE_TELEMETRY"] = "0"  # teeserve forces it off whatever the environment says
     log = tmp_path / "serve.trace"
     argv = [sys.executable, "-m", "teeserve", "serve", "--model_name=digits",
-            f"--model_base_path={encrypted_onnx_model_dir}", "--wrap-key", str(key_file), "--require-encrypted",
+            f"--model_base_path={model_dir}", "--wrap-key", str(key_file), "--require-encrypted",
             "--host=127.0.0.1", f"--port={port}", f"--rest_api_port={rest_port}", "--file_system_poll_wait_seconds=1"]
     proc = _traced(strace, log, argv, env, tmp_path)
     try:
@@ -170,7 +194,8 @@ def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, en
             os.kill(int(pid), signal.SIGTERM)
         code = proc.wait(60)
     trace = log.read_text()
-    assert "openat(" in trace and "model.onnx" in trace, "the trace did not see the server at work"
+    assert "openat(" in trace and model_file in trace, "the trace did not see the server at work"
     assert code == 0, _output(log)
-    assert writes_in(trace) == []
+    written = writes_in(trace)
+    assert written == [], "\n".join(written)
     assert [p for p in home.rglob("*")] == []

@@ -15,9 +15,12 @@ Strategy:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,15 +38,54 @@ _TF: Any = None
 _SKIP_SIGNATURES = {"__saved_model_init_op", "__saved_model_train_op"}
 
 
+#: A Keras home that already holds Keras's default ``keras.json`` (package data): Keras finds its config
+#: there and, unlike with ``~/.keras``, has nothing to create.
+KERAS_HOME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keras_home")
+
+
+#: Optional imports of Keras 3 that write to the host when imported (see below).
+_KERAS_OPTIONAL = ("matplotlib", "sklearn")
+
+
+@contextlib.contextmanager
+def _without_import_side_writes() -> Iterator[None]:
+    """Keep ``import tensorflow`` from writing to the host's file system (none of it model data, but a
+    TEE host should see no writes from the server at all; ``tests/serving/test_server_disk_writes.py``):
+
+    - TensorFlow's bundled Keras and Keras 3 (which TensorFlow imports) each create ``~/.keras/keras.json``
+      unless their ``KERAS_HOME`` already holds one: point it at ours, unless the user set it;
+    - Keras 3 imports matplotlib (for its plotting helpers) and scikit-learn (for its scikit-learn
+      wrappers) if it can: matplotlib writes a font cache under ``~/.cache``, and scikit-learn's joblib
+      creates a named semaphore in ``/dev/shm``. The server uses neither, and Keras expects both may be
+      missing: during the import they are unimportable (unless something in the process has already
+      imported them); afterwards they are importable again;
+    - absl's test module (imported by TensorFlow) asks ``tempfile`` for the temp directory, whose
+      first use writes and removes a probe file in ``/tmp``: ``TEST_TMPDIR`` answers absl instead.
+    """
+    env = {"KERAS_HOME": KERAS_HOME, "TEST_TMPDIR": os.path.join(os.environ.get("TMPDIR") or "/tmp", "absl_testing")}
+    env = {k: v for k, v in env.items() if k not in os.environ}  # a user's own setting wins
+    os.environ.update(env)
+    blocked = [name for name in _KERAS_OPTIONAL if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError
+    try:
+        yield
+    finally:  # both are read at import: the rest of the process (and its children) sees them as before
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+        for k in env:
+            os.environ.pop(k, None)
+
+
 def import_tensorflow(options: ServingOptions) -> Any:
     """Import TensorFlow once, applying the thread settings before its runtime starts."""
     global _TF
     with _TF_LOCK:
         if _TF is None:
-            import os
-
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            import tensorflow as tf
+            with _without_import_side_writes():
+                import tensorflow as tf
 
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(max(0, options.intra_op_threads))
