@@ -1,8 +1,8 @@
 """What a real ``teeserve serve`` process writes to the file system: nothing.
 
-The server of an encrypted ONNX model, and of an encrypted SavedModel, runs under ``strace -f`` (every thread, every child), loads the
-model, answers gRPC and REST, drains on SIGTERM; the trace of every call that opens, creates, renames,
-links or truncates a file is then read. Not one file may be opened for writing or created: the
+The server of an encrypted ONNX model, and of an encrypted SavedModel, runs under ``strace -f`` (every
+thread, every child), loads the model, answers gRPC and REST, drains on SIGTERM; the trace of every call
+that opens, creates, renames, links or truncates a file is then read. Not one file may be opened for writing or created: the
 plaintext model, the keys and the traffic can only reach the disk through such a call. This is the
 system-call-level companion of ``test_core_encrypted.py`` (which scans the file system for plaintext
 after an in-process load).
@@ -111,8 +111,14 @@ _CI_MARKERS = ("CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRA
                "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER")
 
 
+#: Where a user may redirect what TensorFlow's import writes (teeserve's guard leaves a user's own setting
+#: alone): removed, so that the runs test teeserve's defaults whatever the machine's environment says.
+_WRITE_HOMES = ("KERAS_HOME", "MPLCONFIGDIR", "TEST_TMPDIR", "TMPDIR", "JOBLIB_TEMP_FOLDER")
+
+
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "XDG_")) and k not in _CI_MARKERS}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ORT_", "XDG_")) and k not in _CI_MARKERS and k not in _WRITE_HOMES}
     # A home of the test's own: whatever a library would drop into ~/.cache or ~/.config lands there.
     # Bytecode caching is off (it writes __pycache__ files that are neither model nor traffic).
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
@@ -143,8 +149,7 @@ def test_plain_tensorflow_import_writes_keras_and_matplotlib_files_the_control(s
     home = tmp_path / "home"
     home.mkdir()
     log = tmp_path / "control.trace"
-    env = {k: v for k, v in _env(home).items() if k not in ("KERAS_HOME", "MPLCONFIGDIR", "TEST_TMPDIR")}
-    proc = _traced(strace, log, [sys.executable, "-c", "import tensorflow"], env, tmp_path)
+    proc = _traced(strace, log, [sys.executable, "-c", "import tensorflow"], _env(home), tmp_path)
     assert proc.wait(300) == 0, _output(log)
     found = writes_in(log.read_text())
     assert any("keras.json" in w for w in found), found
