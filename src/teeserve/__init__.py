@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os as _os
 
-# ONNX Runtime (1.2x and later, Linux included) records telemetry events: the model's graph name and
+# ONNX Runtime (1.32 here, Linux included) records telemetry events: the model's graph name and
 # opsets, run counts and durations per batch size, error texts, host details. It keeps them in
 # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db and uploads them whenever it can. On a
 # TEE host that file is on the host's disk and the upload goes out through the host's network: off.

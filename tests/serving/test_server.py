@@ -166,10 +166,12 @@ def _slow_request(n: int) -> predict_pb2.PredictRequest:
     return req
 
 
-def _digits_request(name: str = "digits") -> predict_pb2.PredictRequest:
+def digits_request(name: str = "digits", images: np.ndarray | None = None) -> predict_pb2.PredictRequest:
+    """A Predict request for the digits test model, encoded by TensorFlow itself (the oracle)."""
     req = predict_pb2.PredictRequest()
     req.model_spec.name = name
-    req.inputs["images"].CopyFrom(tf.make_tensor_proto(np.full((1, 8, 8), 0.5, np.float32)))
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto(
+        np.full((1, 8, 8), 0.5, np.float32) if images is None else images))
     return req
 
 
@@ -257,10 +259,10 @@ def test_plaintext_warning_and_unix_socket(tmp_path: Path, servers: list[ServerP
                       f"--grpc_socket_path={sock}")
     servers.append(s)
     with s.channel() as ch:
-        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=30)
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=30)
     assert resp.model_spec.version.value == 1
     with grpc.insecure_channel(f"unix:{sock}") as uds:  # TF Serving's --grpc_socket_path (testPredictUDS)
-        resp = prediction_service_pb2_grpc.PredictionServiceStub(uds).Predict(_digits_request(), timeout=30)
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(uds).Predict(digits_request(), timeout=30)
     assert resp.model_spec.name == "digits"
     assert s.stop() == 0
     assert "NO TLS" in s.log() and "PLAINTEXT" in s.log()
@@ -299,17 +301,17 @@ def test_mutual_tls_on_grpc_and_rest_with_encrypted_ssl_cfg_and_model(
 
     # gRPC, official stub, with the client certificate.
     with s.channel() as ch:
-        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=30)
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=30)
         assert resp.model_spec.name == "digits"
     # gRPC without a client certificate: the handshake is refused.
     with s.channel(with_client_cert=False) as ch:
         with pytest.raises(grpc.RpcError) as err:
-            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=10)
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     # Plaintext gRPC to the TLS port does not get through either.
     with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
         with pytest.raises(grpc.RpcError):
-            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=10)
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=10)
 
     # REST over mutual TLS.
     ctx = ssl.create_default_context(cadata=ca.decode())
@@ -343,11 +345,11 @@ def test_server_only_tls_when_client_verify_is_false(tmp_path: Path, servers: li
                       rest=True, tls=(ca, None, None))  # TLS without a client certificate, readiness included
     servers.append(s)
     with s.channel() as ch:
-        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=30)
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=30)
         assert resp.model_spec.name == "digits"
     with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
         with pytest.raises(grpc.RpcError):
-            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(_digits_request(), timeout=10)
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(), timeout=10)
     ctx = ssl.create_default_context(cadata=ca.decode())
     r = httpx.get(f"https://localhost:{s.rest_port}/v1/models/digits", verify=ctx, timeout=10)
     assert r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE"
@@ -379,7 +381,7 @@ def test_reference_deployment_command_line_serves(tmp_path: Path, servers: list[
     servers.append(s)
     with s.channel() as ch:
         resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(
-            _digits_request("resnet50-v15-fp32"), timeout=30)
+            digits_request("resnet50-v15-fp32"), timeout=30)
     assert resp.model_spec.name == "resnet50-v15-fp32"
     ctx = ssl.create_default_context(cadata=ca.decode())
     ctx.load_cert_chain(tls_dir / "client" / "cert.pem", tls_dir / "client" / "key.pem")
@@ -410,7 +412,7 @@ def test_model_config_file_polling_and_monitoring(tmp_path: Path, servers: list[
     with s.channel() as ch:
         models = model_service_pb2_grpc.ModelServiceStub(ch)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        assert stub.Predict(_digits_request("a"), timeout=30).model_spec.name == "a"
+        assert stub.Predict(digits_request("a"), timeout=30).model_spec.name == "a"
         write_config(["a", "b"])
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.name = "b"
@@ -423,7 +425,7 @@ def test_model_config_file_polling_and_monitoring(tmp_path: Path, servers: list[
                 assert exc.code() == grpc.StatusCode.NOT_FOUND
             assert time.monotonic() < deadline, s.log()
             time.sleep(0.2)
-        assert stub.Predict(_digits_request("b"), timeout=30).model_spec.name == "b"
+        assert stub.Predict(digits_request("b"), timeout=30).model_spec.name == "b"
     text = httpx.get(f"http://127.0.0.1:{s.rest_port}/metrics/tf", timeout=10).text
     assert ':tensorflow:serving:request_count{model_name="b",status="OK"}' in text
     assert 'protocol="GRPC"' in text

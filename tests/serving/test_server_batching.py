@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from test_server import ServerProcess  # the same folder's helpers
+from test_server import ServerProcess, digits_request  # the same folder's helpers
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,7 @@ def test_concurrent_grpc_and_rest_requests_are_batched_and_each_gets_its_own_ans
 
             def ask(i: int) -> tuple[np.ndarray, np.ndarray]:
                 if i % 2 == 0:
-                    req = predict_pb2.PredictRequest()
-                    req.model_spec.name = "digits"
-                    req.inputs["images"].CopyFrom(tf.make_tensor_proto(rows[i]))
-                    out = stub.Predict(req, timeout=60).outputs
+                    out = stub.Predict(digits_request(images=rows[i]), timeout=60).outputs
                     return tf.make_ndarray(out["classes"]), tf.make_ndarray(out["probabilities"])
                 r = httpx.post(f"http://127.0.0.1:{s.rest_port}/v1/models/digits:predict",
                                json={"instances": rows[i].tolist()}, timeout=60)

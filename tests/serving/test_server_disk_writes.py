@@ -32,9 +32,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from test_server import free_port, wait_serving  # the same folder's helpers
+from test_server import digits_request, free_port, wait_serving  # the same folder's helpers
 
 pytestmark = pytest.mark.slow
 
@@ -178,15 +178,8 @@ def test_serve_writes_nothing_to_the_file_system(strace: str, tmp_path: Path, re
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             wait_serving(ch, proc, lambda: _output(log), timeout=120)
             x = np.random.default_rng(3).random((2, 8, 8), dtype=np.float32)
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "digits"
-            req.inputs["images"].dtype = 1  # DT_FLOAT
-            req.inputs["images"].tensor_shape.dim.add(size=2)
-            req.inputs["images"].tensor_shape.dim.add(size=8)
-            req.inputs["images"].tensor_shape.dim.add(size=8)
-            req.inputs["images"].tensor_content = x.tobytes()
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-            grpc_classes = list(stub.Predict(req, timeout=30).outputs["classes"].int64_val)
+            grpc_classes = list(stub.Predict(digits_request(images=x), timeout=30).outputs["classes"].int64_val)
         r = httpx.post(f"http://127.0.0.1:{rest_port}/v1/models/digits:predict",
                        json={"instances": x.tolist()}, timeout=30)
         assert r.status_code == 200, r.text

@@ -18,11 +18,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from test_server import ServerProcess  # the same folder's helpers
+from test_server import ServerProcess, digits_request  # the same folder's helpers
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +47,7 @@ def test_reload_from_version_1_to_2_under_load_fails_no_request(tmp_path: Path, 
     def grpc_client() -> None:
         with s.channel() as ch:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "digits"
-            req.inputs["images"].CopyFrom(tf.make_tensor_proto(x))
+            req = digits_request(images=x)
             while not stop.is_set():
                 t0 = time.monotonic()
                 try:
