@@ -1,0 +1,143 @@
+"""The inference pool (``serving/backends/_pool.py``): results, errors, parallel workers, a burst far larger
+than the wake-up pipe's capacity, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from teeserve.serving.backends._pool import InferencePool
+
+
+def test_results_and_exceptions_reach_the_awaiting_request() -> None:
+    pool = InferencePool(2)
+
+    def boom() -> None:
+        raise ValueError("model said no")
+
+    async def main() -> None:
+        assert await pool.submit(lambda a, b: a * b, 6, 7) == 42
+        with pytest.raises(ValueError, match="model said no"):
+            await pool.submit(boom)
+        # many at once, each result to its own future
+        assert await asyncio.gather(*(pool.submit(lambda i=i: i * i) for i in range(200))) == \
+            [i * i for i in range(200)]
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+
+
+def test_workers_run_in_parallel() -> None:
+    """Three calls that each wait for the other two finish only if three workers run them at once."""
+    pool = InferencePool(3)
+    barrier = threading.Barrier(3, timeout=10)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(pool.submit(barrier.wait) for _ in range(3)))
+
+    try:
+        assert sorted(asyncio.run(main())) == [0, 1, 2]  # Barrier.wait returns 0..parties-1
+    finally:
+        pool.shutdown()
+
+
+def test_a_burst_larger_than_the_pipe_never_blocks_the_loop() -> None:
+    """70,000 calls queued while every worker is busy: a byte per call would fill the 64 KiB wake-up pipe
+    and block the event loop in write(); only sleeping workers are sent a byte."""
+    pool = InferencePool(2)
+    release = threading.Event()
+    count = 0
+    lock = threading.Lock()
+
+    def hold() -> None:
+        release.wait(120)  # longer than the join below: a blocked loop cannot pass by waiting it out
+
+    def one() -> None:
+        nonlocal count
+        with lock:
+            count += 1
+
+    async def main() -> None:
+        held = [pool.submit(hold) for _ in range(2)]
+        burst = [pool.submit(one) for _ in range(70_000)]
+        release.set()
+        await asyncio.gather(*held, *burst)
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(30)
+    try:
+        assert not runner.is_alive(), "the event loop blocked while queueing the burst"
+        assert count == 70_000
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_a_cancelled_request_is_skipped_and_the_pool_serves_on() -> None:
+    pool = InferencePool(1)
+    gate = threading.Event()
+
+    async def main() -> int:
+        slow = pool.submit(gate.wait, 10)
+        slow.cancel()  # the client went away; the worker still finishes the call
+        gate.set()
+        return await pool.submit(lambda: 5)
+
+    try:
+        assert asyncio.run(main()) == 5
+    finally:
+        pool.shutdown()
+
+
+def test_one_pool_serves_successive_event_loops() -> None:
+    pool = InferencePool(2)
+    try:
+        for i in range(3):
+            assert asyncio.run(_call(pool, i)) == i
+    finally:
+        pool.shutdown()
+
+
+async def _call(pool: InferencePool, value: int) -> int:
+    return await pool.submit(lambda: value)
+
+
+def test_shutdown_finishes_queued_calls_then_releases_threads_and_pipe() -> None:
+    pool = InferencePool(1)
+    gate = threading.Event()
+    done: list[int] = []
+
+    async def main() -> None:
+        pool.submit(gate.wait, 10)
+        for i in range(5):
+            pool.submit(done.append, i)
+
+    asyncio.run(main())
+    fds = (pool._wake_r, pool._wake_w)
+    os.fstat(fds[0])  # open while the pool runs
+    stopper = threading.Thread(target=pool.shutdown)
+    stopper.start()
+    gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert done == [0, 1, 2, 3, 4]
+    assert not any(t.is_alive() for t in pool._threads)
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    with pytest.raises(RuntimeError, match="shut down"):
+        asyncio.run(_call(pool, 1))
+    pool.shutdown()  # twice is harmless
+
+
+def test_an_unused_pool_starts_no_thread_and_opens_no_pipe() -> None:
+    pool = InferencePool(4)
+    pool.shutdown()
+    assert not any(t.is_alive() for t in pool._threads)
+    assert pool._wake_r == -1
