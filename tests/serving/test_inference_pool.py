@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import Any
 
 import pytest
+import uvloop
 
-from teeserve.serving.backends._pool import InferencePool
+from teeserve.serving.backends._pool import InferencePool, _Inbox
+
+#: The server runs on uvloop by default (``--event-loop``); the pool must work on both.
+LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                                ids=["asyncio", "uvloop"])
 
 
-def test_results_and_exceptions_reach_the_awaiting_request() -> None:
+@LOOPS
+def test_results_and_exceptions_reach_the_awaiting_request(loop_factory: Any) -> None:
     pool = InferencePool(2)
 
     def boom() -> None:
@@ -27,7 +34,8 @@ def test_results_and_exceptions_reach_the_awaiting_request() -> None:
             [i * i for i in range(200)]
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
     finally:
         pool.shutdown()
 
@@ -141,3 +149,39 @@ def test_an_unused_pool_starts_no_thread_and_opens_no_pipe() -> None:
     pool.shutdown()
     assert not any(t.is_alive() for t in pool._threads)
     assert pool._wake_r == -1
+
+
+@LOOPS
+def test_shutdown_while_the_loop_runs_still_delivers_finished_calls(loop_factory: Any) -> None:
+    """ServingCore.stop() shuts the pool down from an executor thread while its loop runs: a result that
+    came in around that moment still reaches its request, and the loop's reader and pipe go away."""
+    pool = InferencePool(2)
+
+    async def main() -> tuple[list[int], _Inbox]:
+        loop = asyncio.get_running_loop()
+        futs = [pool.submit(lambda i=i: i) for i in range(20)]
+        inbox = pool._inboxes[loop]
+        await loop.run_in_executor(None, pool.shutdown)
+        results = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        await asyncio.sleep(0)  # the reader is removed by a callback on this loop
+        return results, inbox
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        results, inbox = runner.run(main())
+    assert results == list(range(20))
+    assert inbox.closed
+    for fd in (inbox.r, inbox.w):
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_successive_event_loops_do_not_pile_up_pipes() -> None:
+    pool = InferencePool(1)
+    try:
+        asyncio.run(_call(pool, 0))
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(20):
+            assert asyncio.run(_call(pool, i)) == i
+        assert len(os.listdir("/proc/self/fd")) <= before + 2  # the last loop's inbox, at most
+    finally:
+        pool.shutdown()

@@ -1,21 +1,21 @@
 """The worker threads that run servables, off the event loop.
 
-Strategy, both ways across the thread boundary:
+Strategy: every hand-off across the thread boundary goes through a pipe, and as few as possible.
 
-- **Results back to the loop.** ``loop.run_in_executor`` wakes the event loop once per finished call
-  (one self-pipe write and one epoll round each). With many small requests in flight that wake-up, not
-  the model, is the cost: for the tiny test model it halves throughput. :class:`InferencePool` hands
-  finished calls back in bursts instead: a worker appends its outcome to the loop's completion list and
-  schedules a drain only if the list was empty, so one wake-up delivers every result that finished
-  meanwhile.
-- **Work to the threads.** A sleeping worker is woken through a pipe, not a futex (``queue.Queue``'s
-  lock). Linux treats a pipe write as a *synchronous* wake-up (the waker is about to sleep, as the
-  event loop is once it has handed a request over) and, when no core is idle, starts the worker on the
-  waker's core. After a futex wake-up the worker often lands on a core still busy with another
-  inference and waits there while the loop's core goes idle: ResNet-50 at concurrency 2 on 2 cores
-  left the cores idle 4.2-5.0 % of the time that way, 3.3-3.7 % with the pipe (docs/serving.md).
-  Only sleeping workers are sent a byte, so the pipe never holds more bytes than there are workers and
-  a write never blocks the loop.
+- **Results back to the loop.** ``loop.run_in_executor`` wakes the event loop once per finished call.
+  With many small requests in flight that wake-up, not the model, is the cost: for the tiny test model
+  it halves throughput. :class:`InferencePool` hands finished calls back in bursts instead: a worker
+  appends its outcome to the loop's inbox and writes to the inbox's pipe only if the inbox was empty, so
+  one wake-up delivers every result that finished meanwhile.
+- **Work to the threads.** A sleeping worker is woken through a pipe as well, not a futex
+  (``queue.Queue``'s lock); only sleeping workers are sent a byte, so the pipe never fills and a write
+  never blocks the loop.
+- **Why pipes.** Linux takes a pipe write as a *synchronous* wake-up (the waker is about to sleep: the
+  loop once it has handed a request over, a worker once it has handed a result back) and, when no core
+  is idle, starts the woken thread on the waker's core. After a futex or eventfd wake-up (uvloop's
+  ``call_soon_threadsafe``) the thread often lands on a core still busy with another inference and
+  waits there while the waker's core goes idle. ResNet-50 at concurrency 2 on 2 cores left the cores
+  idle 4.2-5.0 % of the time with a futex, 3.3-3.7 % with the pipe to the workers (docs/serving.md).
 
 Runtimes (ONNX Runtime, TensorFlow) release the GIL while they compute, so the workers run in parallel.
 """
@@ -33,7 +33,63 @@ __all__ = ["InferencePool"]
 
 T = TypeVar("T")
 
-_Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class _Inbox:
+    """Finished calls waiting for one event loop, and the pipe that wakes it (its reader is registered
+    with the loop)."""
+
+    __slots__ = ("loop", "items", "r", "w", "closed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.closed = False
+
+    def close(self) -> None:
+        """Called with the pool's lock held: once ``closed`` is set no worker writes to the pipe, so its
+        descriptors (which the process may reuse at once) can go. The reader is removed on the loop's
+        own thread, since an event loop's registrations are not thread-safe."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.loop
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop.is_running() and current is not loop:
+            try:
+                loop.call_soon_threadsafe(self._release)
+                return
+            except RuntimeError:  # closed meanwhile
+                pass
+        self._release()
+
+    def _release(self) -> None:
+        """On the loop's thread (or with the loop stopped): results that came in before the close still
+        reach their requests."""
+        items, self.items = self.items, []
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.r)
+            _deliver(items)
+        os.close(self.r)
+        os.close(self.w)
+
+
+def _deliver(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.cancelled():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+_Item = tuple[_Inbox, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
 class InferencePool:
@@ -45,7 +101,7 @@ class InferencePool:
         self._sleeping = 0  # workers blocked on the pipe (or about to be)
         self._tokens = 0  # bytes written to the pipe and not yet read
         self._wake_r = self._wake_w = -1  # the pipe is made with the threads, on the first call
-        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        self._inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(max(1, threads))]
         self._started = False
@@ -60,9 +116,22 @@ class InferencePool:
             for t in self._threads:
                 t.start()
         loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._open_inbox(loop)
         fut: asyncio.Future[T] = loop.create_future()
-        self._put((loop, fut, fn, args))
+        self._put((inbox, fut, fn, args))
         return fut
+
+    def _open_inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
+        inbox = _Inbox(loop)
+        loop.add_reader(inbox.r, self._drain, inbox)
+        with self._lock:
+            for old in [i for i in self._inboxes.values() if i.loop.is_closed()]:
+                del self._inboxes[old.loop]
+                old.close()
+            self._inboxes[loop] = inbox
+        return inbox
 
     def _put(self, item: _Item | None) -> None:
         with self._lock:
@@ -90,33 +159,33 @@ class InferencePool:
             item = self._take()
             if item is None:
                 return
-            loop, fut, fn, args = item
+            inbox, fut, fn, args = item
             try:
                 outcome: tuple[bool, Any] = (True, fn(*args))
             except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting request
                 outcome = (False, exc)
             del item, fn, args
             with self._lock:
-                box = self._done.setdefault(loop, [])
-                box.append((fut, *outcome))
-                if len(box) > 1:
-                    continue  # a drain is already scheduled and will take this one too
-            try:
-                loop.call_soon_threadsafe(self._drain, loop)
-            except RuntimeError:  # the loop is closed; nobody is waiting any more
-                with self._lock:
-                    self._done.pop(loop, None)
+                if inbox.closed:
+                    continue
+                if inbox.loop.is_closed():  # nobody is waiting any more
+                    self._inboxes.pop(inbox.loop, None)
+                    inbox.close()
+                    continue
+                inbox.items.append((fut, *outcome))
+                if len(inbox.items) == 1:  # else a wake-up is already pending and takes this one too
+                    os.write(inbox.w, b"\0")  # at most a byte or two are ever unread: never blocks
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self, inbox: _Inbox) -> None:
         with self._lock:
-            items = self._done.pop(loop, [])
-        for fut, ok, value in items:
-            if fut.cancelled():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            if inbox.closed:
+                return
+            try:
+                os.read(inbox.r, 4096)
+            except BlockingIOError:  # a wake-up whose results an earlier drain already took
+                pass
+            items, inbox.items = inbox.items, []
+        _deliver(items)
 
     def shutdown(self) -> None:
         """Let queued calls finish, then stop the workers (blocking)."""
@@ -130,3 +199,7 @@ class InferencePool:
                 t.join()
             os.close(self._wake_r)
             os.close(self._wake_w)
+        with self._lock:
+            for inbox in self._inboxes.values():
+                inbox.close()
+            self._inboxes.clear()
