@@ -127,7 +127,7 @@ def test_shutdown_finishes_queued_calls_then_releases_threads_and_pipe() -> None
             pool.submit(done.append, i)
 
     asyncio.run(main())
-    fds = (pool._wake_r, pool._wake_w)
+    fds = (pool._queue._r, pool._queue._w)
     os.fstat(fds[0])  # open while the pool runs
     stopper = threading.Thread(target=pool.shutdown)
     stopper.start()
@@ -148,7 +148,7 @@ def test_an_unused_pool_starts_no_thread_and_opens_no_pipe() -> None:
     pool = InferencePool(4)
     pool.shutdown()
     assert not any(t.is_alive() for t in pool._threads)
-    assert pool._wake_r == -1
+    assert not pool._queue.opened
 
 
 @LOOPS
@@ -185,3 +185,25 @@ def test_successive_event_loops_do_not_pile_up_pipes() -> None:
         assert len(os.listdir("/proc/self/fd")) <= before + 2  # the last loop's inbox, at most
     finally:
         pool.shutdown()
+
+
+def test_handoff_queue_is_fifo_and_wakes_only_sleepers() -> None:
+    from teeserve.serving._handoff import HandoffQueue
+
+    q: HandoffQueue[int] = HandoffQueue()
+    q.open()
+    try:
+        for i in range(100_000):  # nobody sleeps: no byte is written, so this cannot fill the pipe
+            q.put(i)
+        assert q._tokens == 0
+        assert [q.take() for _ in range(100_000)] == list(range(100_000))
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.extend(q.take() for _ in range(3)))
+        reader.start()
+        for i in range(3):
+            q.put(i)
+        reader.join(10)
+        assert not reader.is_alive() and got == [0, 1, 2]
+    finally:
+        q.close()
+    assert not q.opened

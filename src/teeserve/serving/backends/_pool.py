@@ -8,8 +8,8 @@ Strategy: every hand-off across the thread boundary goes through a pipe, and as 
   appends its outcome to the loop's inbox and writes to the inbox's pipe only if the inbox was empty, so
   one wake-up delivers every result that finished meanwhile.
 - **Work to the threads.** A sleeping worker is woken through a pipe as well, not a futex
-  (``queue.Queue``'s lock); only sleeping workers are sent a byte, so the pipe never fills and a write
-  never blocks the loop.
+  (``queue.Queue``'s lock): :class:`~teeserve.serving._handoff.HandoffQueue`, which sends a byte only
+  to sleeping workers, so the pipe never fills and a write never blocks the loop.
 - **Why pipes.** Linux takes a pipe write as a *synchronous* wake-up (the waker is about to sleep: the
   loop once it has handed a request over, a worker once it has handed a result back) and, when no core
   is idle, starts the woken thread on the waker's core. After a futex or eventfd wake-up (uvloop's
@@ -23,11 +23,12 @@ Runtimes (ONNX Runtime, TensorFlow) release the GIL while they compute, so the w
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from .._handoff import HandoffQueue
 
 __all__ = ["InferencePool"]
 
@@ -97,10 +98,7 @@ class InferencePool:
 
     def __init__(self, threads: int, name: str = "teeserve-infer") -> None:
         self._lock = threading.Lock()
-        self._items: collections.deque[_Item | None] = collections.deque()
-        self._sleeping = 0  # workers blocked on the pipe (or about to be)
-        self._tokens = 0  # bytes written to the pipe and not yet read
-        self._wake_r = self._wake_w = -1  # the pipe is made with the threads, on the first call
+        self._queue: HandoffQueue[_Item | None] = HandoffQueue()  # its pipe is made on the first call
         self._inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(max(1, threads))]
@@ -112,7 +110,7 @@ class InferencePool:
             raise RuntimeError("the inference pool is shut down")
         if not self._started:  # threads start with the first call, so an unused core costs none
             self._started = True
-            self._wake_r, self._wake_w = os.pipe()
+            self._queue.open()
             for t in self._threads:
                 t.start()
         loop = asyncio.get_running_loop()
@@ -120,7 +118,7 @@ class InferencePool:
         if inbox is None:
             inbox = self._open_inbox(loop)
         fut: asyncio.Future[T] = loop.create_future()
-        self._put((inbox, fut, fn, args))
+        self._queue.put((inbox, fut, fn, args))
         return fut
 
     def _open_inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
@@ -133,30 +131,9 @@ class InferencePool:
             self._inboxes[loop] = inbox
         return inbox
 
-    def _put(self, item: _Item | None) -> None:
-        with self._lock:
-            self._items.append(item)
-            wake = self._sleeping > self._tokens
-            if wake:
-                self._tokens += 1
-        if wake:
-            os.write(self._wake_w, b"\0")
-
-    def _take(self) -> _Item | None:
-        """The next item, sleeping on the pipe while there is none."""
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                self._sleeping += 1
-            os.read(self._wake_r, 1)
-            with self._lock:
-                self._sleeping -= 1
-                self._tokens -= 1
-
     def _work(self) -> None:
         while True:
-            item = self._take()
+            item = self._queue.take()
             if item is None:
                 return
             inbox, fut, fn, args = item
@@ -194,11 +171,10 @@ class InferencePool:
         self._closed = True
         if self._started:
             for _ in self._threads:
-                self._put(None)
+                self._queue.put(None)
             for t in self._threads:
                 t.join()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._queue.close()
         with self._lock:
             for inbox in self._inboxes.values():
                 inbox.close()
