@@ -35,7 +35,6 @@ __all__ = ["InferencePool"]
 T = TypeVar("T")
 
 
-
 class _Inbox:
     """Finished calls waiting for one event loop, and the pipe that wakes it (its reader is registered
     with the loop)."""
