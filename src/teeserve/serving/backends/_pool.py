@@ -15,7 +15,8 @@ Strategy: every hand-off across the thread boundary goes through a pipe, and as 
   is idle, starts the woken thread on the waker's core. After a futex or eventfd wake-up (uvloop's
   ``call_soon_threadsafe``) the thread often lands on a core still busy with another inference and
   waits there while the waker's core goes idle. ResNet-50 at concurrency 2 on 2 cores left the cores
-  idle 4.2-5.0 % of the time with a futex, 3.3-3.7 % with the pipe to the workers (docs/serving.md).
+  idle 4.3-5.7 % of the time with the futex and the eventfd, 1.7-3.5 % with the two pipes (6 alternating
+  rounds, docs/serving.md).
 
 Runtimes (ONNX Runtime, TensorFlow) release the GIL while they compute, so the workers run in parallel.
 """
