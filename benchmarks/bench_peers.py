@@ -167,6 +167,15 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(v) - idle), float(sum(v))
 
 
+#: How servers and load generators are started: each in a session of its own (``--sessions separate``,
+#: the default: as separate services, and so, where the kernel groups tasks by session (autogroup,
+#: ``/proc/sys/kernel/sched_autogroup_enabled``), scheduled as separate groups that share the cores
+#: fairly, as containers or systemd services would be) or in the benchmark's own session
+#: (``--sessions shared``: a process group of their own, scheduled thread by thread). Either way each
+#: has its own process group, which stop() and the load generator's cleanup kill.
+SPAWN: dict[str, Any] = {"start_new_session": True}
+
+
 class ServerProc:
     """A server started in its own session (so that its whole process group can be stopped)."""
 
@@ -183,7 +192,7 @@ class ServerProc:
         self.key, self.label, self.ready_url, self.log_path = key, label, ready_url, log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop(), after the server exits)
         self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT, start_new_session=True
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT, **SPAWN
         )
 
     def cpu_by_pid(self) -> dict[int, float]:
@@ -656,7 +665,7 @@ def measure(
         argv += ["--method", ep.method]
     codes_before = grpc_predicts_by_code(ep.metrics_url) if ep.metrics_url else None
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **SPAWN
     )
     try:
         t_measure = t0 + args.startup + args.warmup
@@ -847,7 +856,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
         f"Peer benchmark: {MODEL} (ONNX, batch 1), concurrency {args.concurrency}, {args.duration:g} s per "
         f"measurement after {args.warmup:g} s warm-up, {args.rounds} round(s), "
         f"load generator: {'loadgen.py (grpc.aio/aiohttp), ' + str(args.procs) + ' process(es)' if args.loadgen == 'python' else 'h2load, ' + str(args.procs) + ' thread(s)'}, intra/inter-op threads {args.intra_op_threads}/"
-        f"{args.inter_op_threads}, {os.cpu_count()} CPUs, plaintext, 127.0.0.1; rows show the "
+        f"{args.inter_op_threads}, {os.cpu_count()} CPUs, plaintext, 127.0.0.1, {args.sessions} sessions; rows show the "
         f"{'median round by req/s' if args.pick == 'median' else 'quietest round'}"
         + (f"; teeserve's extra flags: {args.teeserve_args}" if args.teeserve_args else "")
     )
@@ -1041,6 +1050,15 @@ def main(argv: list[str] | None = None) -> int:
         "column then comes from its own per-status request counters, read before and after each run)",
     )
     ap.add_argument(
+        "--sessions",
+        choices=("separate", "shared"),
+        default="separate",
+        help="separate (default): every server and load generator in a session of its own, so that "
+        "with the kernel's autogroup scheduling each is a group sharing the cores fairly with the "
+        "others, as separate services; shared: all in this benchmark's session, scheduled thread by "
+        "thread (see docs/serving.md for what that changes)",
+    )
+    ap.add_argument(
         "--grpc-channels",
         type=int,
         default=0,
@@ -1093,6 +1111,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown server(s): {', '.join(bad)}")
     if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1 or args.procs < 1:
         ap.error("--rounds, --concurrency and --procs must be >= 1, --duration > 0")
+    if args.sessions == "shared":
+        SPAWN.clear()
+        SPAWN["process_group"] = 0
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
