@@ -53,6 +53,10 @@ How it is fair:
   other work on the machine), and server CPU time per request (a figure that background load disturbs
   less). Each row shows the CPU that other work on the machine used in its window; rows where that
   exceeds 20% of a core are flagged as disturbed.
+- Every server and load generator runs in a session of its own (``--sessions separate``, as separate
+  services); with the kernel's autogroup scheduling each session is a group that shares the cores
+  fairly with the others, which costs a multi-process server more than a single-process one
+  (docs/serving.md, "Several workers"). ``--sessions shared`` runs them all in this benchmark's session.
 
 The peers live in their own venvs (their pins conflict with teeserve's), made on first use by
 ``benchmarks/peers/setup_peers.py`` under ``bench-out/peers/`` (pip, ~7 minutes the first time).
@@ -60,6 +64,7 @@ The peers live in their own venvs (their pins conflict with teeserve's), made on
 Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
         [--quick] [--servers teeserve,teeserve-w2,kserve,kserve-w2,mlserver,mlserver-pw1]
         [--protocols gRPC,REST] [--teeserve-args "--grpc_max_threads=2"] [--loadgen python|h2load]
+        [--sessions separate|shared]
 Prints the table and the ratios; writes results.json and peers.png into --out.
 """
 
