@@ -151,6 +151,34 @@ def test_classify_errors(tf_core: Any, loop_thread: Any) -> None:
     assert e.value.code == Code.INVALID_ARGUMENT
 
 
+def test_run_time_errors_carry_the_op_message_without_python_frames(tf_core: Any, loop_thread: Any) -> None:
+    """Python TensorFlow wraps an op's error in a traceback of the server's frames (file paths); the
+    client gets the op's message only, as from TensorFlow Serving."""
+    inp = pb.Input()
+    inp.example_list.examples.add().features.feature["y"].float_list.value.extend([1.0, 2.0])
+    with pytest.raises(ServingError) as e:
+        loop_thread.run(tf_core.classify(ModelRef("examples"), "classify_x", inp))
+    message = e.value.message
+    assert e.value.code == Code.INVALID_ARGUMENT
+    assert "Feature: x (data type: float) is required but could not be found." in message
+    for leak in ('File "', "most recent call last", "Graph execution error", "[Op:", ".py"):
+        assert leak not in message, (leak, message)
+
+
+def test_op_error_text_keeps_only_the_op_message() -> None:
+    from teeserve.serving.backends._tf import op_error_text
+
+    wrapped = ('Graph execution error:\n\nDetected at node StringToNumber defined at (most recent call last):\n'
+               '  File "/srv/app/model.py", line 5, in <module>\n\n  File "/srv/app/model.py", line 4, in f\n'
+               '    return tf.strings.to_number(x)\n\n'
+               'StringToNumberOp could not correctly convert string: abc\n'
+               '\t [[{{node StringToNumber}}]] [Op:__inference_f_7]')
+    assert op_error_text(wrapped) == ("StringToNumberOp could not correctly convert string: abc\n"
+                                      "\t [[{{node StringToNumber}}]]")
+    assert op_error_text("Input to reshape is a tensor with 2 values") == "Input to reshape is a tensor with 2 values"
+    assert op_error_text("Graph execution error:\n\n") == "TensorFlow could not run the model"
+
+
 def test_saved_model_footprint_in_a_fresh_process(saved_model_dir: Path) -> None:
     """Loading a SavedModel imports TensorFlow; print the cost for the report (no timed assertion)."""
     code = textwrap.dedent(f"""

@@ -75,8 +75,11 @@ def test_parse_errors(body: str, message: str) -> None:
 
 
 def test_invalid_utf8_and_deep_nesting_are_parse_errors() -> None:
-    with pytest.raises(ServingError, match="JSON Parse error"):
-        parse_predict(b'{"instances": ["\xff"]}')
+    for body in (b'{"instances": ["\xff"]}', b'{"instances": ["\xc3"]}'):
+        with pytest.raises(ServingError) as info:
+            parse_predict(body)
+        assert info.value.code == Code.INVALID_ARGUMENT
+        assert info.value.message == "JSON Parse error: Invalid encoding in string. at offset: 16"
     with pytest.raises(ServingError, match="JSON Parse error"):
         parse_predict(b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}")
 

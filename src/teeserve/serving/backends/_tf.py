@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import uuid
@@ -31,11 +32,36 @@ from .._secrets import FileReadError, ModelFiles
 from .._types import Code, ServingError, Signature, TensorSpec
 from ._base import LoadError, Servable
 
-__all__ = ["SavedModelServable", "parse_signatures", "import_tensorflow"]
+__all__ = ["SavedModelServable", "parse_signatures", "import_tensorflow", "op_error_text"]
 
 _TF_LOCK = threading.Lock()
 _TF: Any = None
 _SKIP_SIGNATURES = {"__saved_model_init_op", "__saved_model_train_op"}
+_FRAME_LINE = re.compile(r'^  File ".*", line \d+, in ')
+_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
+
+
+def op_error_text(message: str) -> str:
+    """The client's view of a TensorFlow run-time error: the op's own message, as TensorFlow Serving's
+    C++ server sends it. Python TensorFlow wraps it in "Graph execution error:", a "Detected at node ...
+    (most recent call last):" block of Python frames (file paths of the server) and an
+    "[Op:__inference_...]" suffix; none of that may reach a client."""
+    kept: list[str] = []
+    in_frames = False
+    for line in message.splitlines():
+        if line.startswith("Graph execution error:"):
+            continue
+        if line.startswith("Detected at node") and line.rstrip().endswith("(most recent call last):"):
+            in_frames = True
+            continue
+        if in_frames:
+            # frames: '  File "...", line N, in f', the source line below it (4 spaces), blank lines
+            if not line.strip() or _FRAME_LINE.match(line) or line.startswith("    "):
+                continue
+            in_frames = False
+        kept.append(line)
+    text = _OP_SUFFIX.sub("", "\n".join(kept)).strip()
+    return text or "TensorFlow could not run the model"
 
 
 #: A Keras home that already holds Keras's default ``keras.json`` (package data): Keras finds its config
@@ -216,7 +242,7 @@ class SavedModelServable(Servable):
             result = fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
         except tf.errors.OpError as exc:
             code = Code(exc.error_code) if exc.error_code in Code._value2member_map_ else Code.UNKNOWN
-            raise ServingError(code, exc.message) from exc
+            raise ServingError(code, op_error_text(exc.message)) from exc
         except (TypeError, ValueError) as exc:  # argument binding (shape/dtype) in the function wrapper
             raise ServingError(Code.INVALID_ARGUMENT, str(exc).splitlines()[0]) from exc
         return {a: result[a].numpy() for a in output_aliases}

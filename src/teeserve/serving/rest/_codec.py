@@ -157,10 +157,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
         doc = _loads(body)
     except json.JSONDecodeError as exc:
         raise _bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+    except UnicodeDecodeError as exc:  # before ValueError, of which it is a subclass
+        raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
     except ValueError:  # an integer longer than Python converts (4300 digits): rapidjson's words
         raise _bad("JSON Parse error: Number too big to be stored in double.") from None
-    except UnicodeDecodeError as exc:
-        raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
     except RecursionError:
         raise _bad("JSON Parse error: The document is nested too deeply") from None
     if not isinstance(doc, dict):
