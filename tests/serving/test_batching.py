@@ -149,3 +149,30 @@ def test_per_model_batching_parameters(make_core: Any, loop_thread: Any, tmp_pat
     bad = make_core(base, enable_batching=True, batching=server_wide, enable_per_model_batching_parameters=True)
     (st,) = loop_thread.call(lambda: bad.model_status("digits"))
     assert st.error_code == Code.INVALID_ARGUMENT and "batching_params.pbtxt" in st.error_message
+
+
+def test_a_refused_task_leaves_the_open_batch_open() -> None:
+    """TF Serving's rule: a task that needs a new batch while the queue already holds
+    max_enqueued_batches (the open one counted) is refused, and the open batch stays open, so a
+    smaller task still joins it (and the full batch runs at once, not at its timeout)."""
+    from teeserve.serving._batching import BatchScheduler
+
+    async def main() -> tuple[Any, int]:
+        async def submit(fn: Any, *args: Any) -> Any:
+            return fn(*args)
+
+        opts = BatchingOptions(max_batch_size=4, batch_timeout_micros=60_000_000, max_enqueued_batches=1,
+                               num_batch_threads=1)
+        queue = BatchScheduler(opts, submit).queue("m", lambda merged, _aliases: {"y": merged["x"] * 2}, ["y"])
+        first = queue.submit({"x": np.ones((3, 1))}, 3)  # opens a batch of 3 rows
+        with pytest.raises(ServingError) as refused:
+            queue.submit({"x": np.ones((2, 1))}, 2)  # needs a second batch: refused
+        assert (refused.value.code, refused.value.message) == (Code.UNAVAILABLE, QUEUE_FULL_MESSAGE)
+        assert queue._open is not None and queue._open.size == 3 and not queue._closed
+        second = queue.submit({"x": np.full((1, 1), 5.0)}, 1)  # fits: fills the batch, which runs now
+        done, _ = await asyncio.wait([first, second], timeout=30)  # (the batch timeout is 60 s)
+        assert len(done) == 2
+        return second.result(), first.result()["y"].shape[0]
+
+    second, rows = asyncio.run(main())
+    assert rows == 3 and second["y"].tolist() == [[10.0]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -207,3 +208,80 @@ def test_handoff_queue_is_fifo_and_wakes_only_sleepers() -> None:
     finally:
         q.close()
     assert not q.opened
+
+
+def test_a_call_raising_stopiteration_fails_alone() -> None:
+    """A Future refuses StopIteration (TypeError): the call gets a RuntimeError instead, and a result
+    handed back in the same wake-up still reaches its request."""
+    pool = InferencePool(2)
+
+    def bad() -> None:
+        raise StopIteration("an exhausted iterator inside a model")
+
+    async def main() -> tuple[BaseException | None, Any]:
+        gate = threading.Event()
+        f1 = pool.submit(bad)
+        time.sleep(0.2)  # the loop is busy: bad's outcome waits in the inbox
+        f2 = pool.submit(lambda: (gate.wait(10), "ok")[1])
+        gate.set()
+        time.sleep(0.2)  # ...and good's joins it: one wake-up delivers both
+        done, pending = await asyncio.wait([f1, f2], timeout=10)
+        assert not pending
+        return f1.exception(), f2.result()
+
+    try:
+        error, value = asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert isinstance(error, RuntimeError) and isinstance(error.__cause__, StopIteration)
+    assert value == "ok"
+
+
+def test_calls_whose_request_is_gone_are_not_run() -> None:
+    pool = InferencePool(1)
+    gate = threading.Event()
+    ran: list[int] = []
+
+    async def main() -> None:
+        blocker = pool.submit(gate.wait, 10)
+        futs = [pool.submit(ran.append, i) for i in range(10)]
+        for f in futs:
+            f.cancel()  # the clients gave up (deadline, cancellation) while the calls waited
+        gate.set()
+        await blocker
+        assert await pool.submit(lambda: "after") == "after"
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert ran == []
+
+
+def test_submit_is_atomic_with_shutdown() -> None:
+    """shutdown() runs on another thread (ServingCore.stop); a submit that has passed the closed check
+    must not be queued behind the workers' stop marks, where its future would never resolve. The
+    thread switch is forced at the worst moment, just before the call is queued."""
+    pool = InferencePool(2)
+
+    async def main() -> Any:
+        await pool.submit(lambda: 1)  # threads started
+        queue = pool._queue
+        real_put = queue.put
+        stopper = threading.Thread(target=pool.shutdown)
+
+        def switched_put(item: Any) -> None:
+            queue.put = real_put  # type: ignore[method-assign]
+            stopper.start()
+            stopper.join(0.5)  # shutdown gets its chance to run first
+            real_put(item)
+
+        queue.put = switched_put  # type: ignore[method-assign]
+        fut = pool.submit(lambda: "result")
+        try:
+            return await asyncio.wait_for(fut, 10)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, stopper.join, 30)
+
+    assert asyncio.run(main()) == "result"
+    assert pool._closed and not any(t.is_alive() for t in pool._threads)

@@ -113,6 +113,10 @@ class BatchQueue:
                                                       f"size {opts.max_batch_size}")
         loop = asyncio.get_running_loop()
         if self._open is not None and self._open.size + size > opts.max_batch_size:
+            # TF Serving's rule: the task needs a new batch; if the queue holds max_enqueued_batches
+            # (the open one counted), it is refused and the open batch stays open for smaller tasks
+            if self.enqueued_batches >= opts.max_enqueued_batches:
+                raise ServingError(Code.UNAVAILABLE, QUEUE_FULL_MESSAGE)
             self._closed.append(self._open)
             self._open = None
         if self._open is None:

@@ -73,21 +73,28 @@ class _Inbox:
         """On the loop's thread (or with the loop stopped): results that came in before the close still
         reach their requests."""
         items, self.items = self.items, []
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self.r)
-            _deliver(items)
-        os.close(self.r)
-        os.close(self.w)
+        try:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.r)
+                _deliver(items)
+        finally:
+            os.close(self.r)
+            os.close(self.w)
 
 
 def _deliver(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Resolve each future; one that cannot take its outcome never keeps the others from theirs."""
     for fut, ok, value in items:
         if fut.cancelled():
             continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except Exception as exc:  # noqa: BLE001 - e.g. an exception type a Future refuses
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"the call's outcome could not be delivered: {type(exc).__name__}"))
 
 
 _Item = tuple[_Inbox, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -108,23 +115,29 @@ class InferencePool:
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         if self._closed:
             raise RuntimeError("the inference pool is shut down")
-        if not self._started:  # threads start with the first call, so an unused core costs none
-            self._started = True
-            self._queue.open()
-            for t in self._threads:
-                t.start()
         loop = asyncio.get_running_loop()
         inbox = self._inboxes.get(loop)
         if inbox is None:
             inbox = self._open_inbox(loop)
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((inbox, fut, fn, args))
+        with self._lock:  # atomic with shutdown(): no call can slip in behind the workers' stop marks
+            if self._closed:
+                raise RuntimeError("the inference pool is shut down")
+            if not self._started:  # threads start with the first call, so an unused core costs none
+                self._started = True
+                self._queue.open()
+                for t in self._threads:
+                    t.start()
+            self._queue.put((inbox, fut, fn, args))
         return fut
 
     def _open_inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
         inbox = _Inbox(loop)
         loop.add_reader(inbox.r, self._drain, inbox)
         with self._lock:
+            if self._closed:  # shut down meanwhile: nothing may use (or leak) this pipe
+                inbox.close()
+                raise RuntimeError("the inference pool is shut down")
             for old in [i for i in self._inboxes.values() if i.loop.is_closed()]:
                 del self._inboxes[old.loop]
                 old.close()
@@ -137,8 +150,15 @@ class InferencePool:
             if item is None:
                 return
             inbox, fut, fn, args = item
+            if fut.cancelled():  # its request is gone (client cancelled, deadline, shutdown): skip the work
+                del item, fn, args
+                continue
             try:
                 outcome: tuple[bool, Any] = (True, fn(*args))
+            except StopIteration as exc:  # a Future refuses it: wrapped, as asyncio does for coroutines
+                error = RuntimeError("the call raised StopIteration")
+                error.__cause__ = exc
+                outcome = (False, error)
             except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting request
                 outcome = (False, exc)
             del item, fn, args
@@ -166,10 +186,11 @@ class InferencePool:
 
     def shutdown(self) -> None:
         """Let queued calls finish, then stop the workers (blocking)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._started:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._started:  # set only under the lock, so it cannot change from here on
             for _ in self._threads:
                 self._queue.put(None)
             for t in self._threads:
