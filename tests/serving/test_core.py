@@ -21,6 +21,11 @@ def _images(n: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 8, 8), dtype=np.float32)
 
 
+async def _called(fn: Any, *args: Any) -> Any:
+    """A synchronous core call as a coroutine, so that it raises where _err expects it."""
+    return fn(*args)
+
+
 def _err(loop_thread: Any, coro: Any) -> ServingError:
     with pytest.raises(ServingError) as e:
         loop_thread.run(coro)
@@ -75,6 +80,11 @@ def test_status_and_readiness(core: Any, loop_thread: Any) -> None:
     (lambda c: c.predict(ModelRef(""), "", {}), Code.INVALID_ARGUMENT, "ModelSpec has no name specified."),
     (lambda c: c.predict(ModelRef("digits", label="gold"), "", {}), Code.INVALID_ARGUMENT,
      "Unrecognized servable version label: gold"),
+    # TF resolves a label before the model: an unknown model has no labels
+    (lambda c: c.predict(ModelRef("nope", label="stable"), "", {}), Code.INVALID_ARGUMENT,
+     "Unrecognized servable version label: stable"),
+    (lambda c: _called(c.signatures, ModelRef("nope", label="stable")), Code.INVALID_ARGUMENT,
+     "Unrecognized servable version label: stable"),
     (lambda c: c.predict(ModelRef("digits", 1, "gold"), "", {}), Code.INVALID_ARGUMENT,
      "Both model version (1) and model version label (gold) cannot be supplied."),
     (lambda c: c.predict(ModelRef("digits"), "other", {}), Code.FAILED_PRECONDITION,
@@ -110,6 +120,8 @@ def test_request_errors(core: Any, loop_thread: Any, call: Any, code: Code, mess
 def test_status_errors(core: Any, loop_thread: Any) -> None:
     for args, code, message in [
         (("nope",), Code.NOT_FOUND, "Could not find any versions of model nope"),
+        (("nope", 3), Code.NOT_FOUND, "Could not find version 3 of model nope"),
+        (("nope", None, "stable"), Code.INVALID_ARGUMENT, "Unrecognized servable version label: stable"),
         (("digits", 9), Code.NOT_FOUND, "Could not find version 9 of model digits"),
         (("digits", None, "gold"), Code.INVALID_ARGUMENT, "Unrecognized servable version label: gold"),
         (("",), Code.INVALID_ARGUMENT, "ModelSpec has no name specified."),

@@ -34,6 +34,8 @@ def test_blocking_predict_equals_async_predict(core: Any, loop_thread: Any) -> N
 
 @pytest.mark.parametrize("ref,inputs,code,message", [
     (ModelRef("nope"), {"images": _images()}, Code.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+    (ModelRef("nope", label="stable"), {"images": _images()}, Code.INVALID_ARGUMENT,
+     "Unrecognized servable version label: stable"),
     (ModelRef("digits", version=7), {"images": _images()}, Code.NOT_FOUND,
      "Servable not found for request: Specific(digits, 7)"),
     (ModelRef("digits"), {"pixels": _images()}, Code.INVALID_ARGUMENT, "input tensor alias not found in signature"),

@@ -86,6 +86,10 @@ def test_tensor_content_is_not_copied() -> None:
     (lambda tp: setattr(tp, "dtype", 20), "unsupported dtype"),
     (lambda tp: setattr(tp.tensor_shape, "unknown_rank", True), "unknown rank"),
     (lambda tp: tp.tensor_shape.dim.add(size=-3), "negative dimension"),
+    # a few bytes that declare a huge tensor (TensorProto fills a shape from its last value, or zeros)
+    (lambda tp: (tp.tensor_shape.dim.add(size=1 << 40), tp.float_val.append(1.0)), "more than the limit"),
+    (lambda tp: tp.tensor_shape.dim.add(size=100_000_000), "needs 2400000000 bytes"),
+    (lambda tp: (setattr(tp, "dtype", DT.STRING), tp.tensor_shape.dim.add(size=1 << 40)), "more than the limit"),
 ])
 def test_malformed_tensors_are_invalid_argument(mutate, fragment: str) -> None:
     tp = pb.TensorProto(dtype=DT.FLOAT)
@@ -112,3 +116,15 @@ def test_round_trip_property(arr: np.ndarray) -> None:
     back = tensor_proto_to_ndarray(pb.TensorProto.FromString(ndarray_to_tensor_proto(arr).SerializeToString()))
     np.testing.assert_array_equal(back, arr)
     assert back.shape == arr.shape
+
+
+def test_a_tensor_beyond_the_memory_left_is_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    from teeserve.serving import _tensors
+
+    monkeypatch.setattr(_tensors, "MAX_TENSOR_BYTES", 2**62)  # past the limit check: numpy must refuse
+    tp = pb.TensorProto(dtype=DT.FLOAT)
+    tp.tensor_shape.dim.add(size=1 << 42)  # 16 TiB of zeros
+    with pytest.raises(ServingError) as e:
+        tensor_proto_to_ndarray(tp, "images")
+    assert (e.value.code, e.value.message) == (Code.INVALID_ARGUMENT,
+                                               "tensor parsing error: images: not enough memory to decode the tensor")

@@ -312,6 +312,8 @@ class ServingCore:
         _check_ref(ref)
         m = self._models.get(ref.name)
         if m is None:
+            if ref.label is not None:  # TF resolves the label first, and an unknown model has none
+                raise ServingError(Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {ref.label}")
             v = ref.version
             what = f"Latest({ref.name})" if v is None else f"Specific({ref.name}, {v})"
             raise ServingError(Code.NOT_FOUND, f"Servable not found for request: {what}")
@@ -464,7 +466,11 @@ class ServingCore:
             raise ServingError(Code.INVALID_ARGUMENT, f"Both model version ({version}) and model version "
                                                       f"label ({label}) cannot be supplied.")
         m = self._models.get(name)
-        if m is None:
+        if m is None:  # TensorFlow Serving's messages, which depend on what the request names
+            if label is not None:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+            if version is not None:
+                raise ServingError(Code.NOT_FOUND, f"Could not find version {version} of model {name}")
             raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model {name}")
         return m.status(version, label)
 

@@ -119,6 +119,12 @@ def tf_dtype(arr_dtype: np.dtype[Any]) -> int:
         raise ServingError(Code.INVALID_ARGUMENT, f"unsupported numpy dtype {arr_dtype}") from None
 
 
+#: The largest tensor a request may decode to (2 GiB - 1, gRPC's largest message). A TensorProto fills
+#: its shape by repeating its last value (or with zeros), so a request of a few bytes can declare any
+#: size: without a limit it would make the server allocate that much.
+MAX_TENSOR_BYTES = 2**31 - 1
+
+
 def _bad(alias: str, why: str) -> ServingError:
     where = f"tensor parsing error: {alias}: " if alias else "tensor parsing error: "
     return ServingError(Code.INVALID_ARGUMENT, where + why)
@@ -129,8 +135,16 @@ def tensor_proto_to_ndarray(tp: Any, alias: str = "") -> np.ndarray:
 
     Numeric ``tensor_content`` is wrapped without a copy (the array is read-only and keeps the
     proto's bytes alive). Raises ServingError INVALID_ARGUMENT for an unknown dtype, an unknown rank,
-    negative dimensions, or a value count that does not fit the shape.
+    negative dimensions, a value count that does not fit the shape, or a tensor larger than
+    :data:`MAX_TENSOR_BYTES` or than the memory left.
     """
+    try:
+        return _decode(tp, alias)
+    except MemoryError:
+        raise _bad(alias, "not enough memory to decode the tensor") from None
+
+
+def _decode(tp: Any, alias: str) -> np.ndarray:
     dtype = tp.dtype
     npd = DTYPE_TO_NUMPY.get(dtype)
     if npd is None:
@@ -142,6 +156,9 @@ def tensor_proto_to_ndarray(tp: Any, alias: str = "") -> np.ndarray:
     if shape and min(shape) < 0:
         raise _bad(alias, f"negative dimension in shape {list(shape)}")
     n = math.prod(shape)
+    if n * npd.itemsize > MAX_TENSOR_BYTES:  # a few values may stand for a tensor of any size
+        raise _bad(alias, f"shape {list(shape)} of {dtype_name(dtype)} needs {n * npd.itemsize} bytes, "
+                          f"more than the limit of {MAX_TENSOR_BYTES}")
     content = tp.tensor_content
     if content and dtype != DT.STRING:
         if len(content) != n * npd.itemsize:
