@@ -719,6 +719,33 @@ def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> 
         served.stop()
 
 
+def test_aio_reload_runs_to_its_end_when_the_client_gives_up() -> None:
+    """The same on grpc.aio: a reload cut off at the client's deadline would leave the server in
+    neither the old config nor the new one; it completes, and later calls are served."""
+    core = _WaitingReloadCore()
+    served = ServerThread(core)
+    served.run(served.front.set_ready(True))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
+            models = model_service_pb2_grpc.ModelServiceStub(ch)
+            req = model_management_pb2.ReloadConfigRequest()
+            req.config.model_config_list.config.add(name="m4", base_path="/models/m4", model_platform="tensorflow")
+            with pytest.raises(grpc.RpcError) as err:
+                models.HandleReloadConfigRequest(req, timeout=0.5)
+            assert _code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            served.loop.call_soon_threadsafe(core.release.set)
+            deadline = time.monotonic() + 10
+            while not core.finished and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert core.finished == [["m4"]]
+            assert not served.front._reloads  # nothing left behind
+            status = get_model_status_pb2.GetModelStatusRequest()
+            status.model_spec.name = "half_plus_two"
+            assert models.GetModelStatus(status, timeout=5).model_version_status[0].version == 123
+    finally:
+        served.stop()
+
+
 class _WaitingPredictCore(FakeCore):
     """A Predict that runs until the test releases it (a slow model)."""
 

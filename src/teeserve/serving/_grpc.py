@@ -215,6 +215,7 @@ class GrpcFrontEnd:
         # The threaded (sync) gRPC server needs the synchronous servicer; its set() is not awaitable.
         self.health = health.HealthServicer() if threaded else health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Future[Any]] = set()  # running reloads (strong references)
         self._ready = False
         self._draining = False
 
@@ -579,10 +580,32 @@ class GrpcFrontEnd:
         log.info("model config reload requested over gRPC")
         outcome = self._reload(request.config)
         if inspect.isawaitable(outcome):
-            await outcome
+            # A reload runs to its end even when the client gives up (deadline, cancellation): cut off
+            # halfway it would leave neither the old config nor the new one (as on the threaded server,
+            # where _bridge lets it go on).
+            task = asyncio.ensure_future(outcome)
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(_log_orphaned_reload)
+                raise
         response = pb.ReloadConfigResponse()
         response.status.error_code = int(Code.OK)
         return response
+
+
+def _log_orphaned_reload(task: asyncio.Future[Any]) -> None:
+    """The outcome of a reload whose client had gone (also marks its exception as retrieved)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        log.info("a model config reload finished after its client had gone: applied")
+    else:
+        detail = exc.message if isinstance(exc, ServingError) else type(exc).__name__
+        log.warning("a model config reload finished after its client had gone: failed: %s", detail)
 
 
 class _Abort(Exception):
