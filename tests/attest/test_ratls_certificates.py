@@ -199,12 +199,16 @@ def test_validity_override_and_env(provider) -> None:
 
 
 def test_extract_quote(provider, p384_creds) -> None:
+    """The quote verify_certificate checks (DICE first, as Gramine's verifier), so that an audit record
+    of a denial never shows another quote than the one judged."""
     legacy_quote = next(
         e.value.value for e in x509.load_der_x509_certificate(p384_creds.cert_der).extensions
         if e.oid == ratls.LEGACY_QUOTE_OID
     )  # fmt: skip
-    assert ratls.extract_quote(p384_creds.cert_der) == legacy_quote
-    assert ratls.extract_quote(p384_creds.cert_pem) == legacy_quote
+    checked = ratls.verify_certificate(p384_creds.cert_der)
+    assert checked.scheme == "dice" and checked.quote != legacy_quote  # both extensions, different quotes
+    assert ratls.extract_quote(p384_creds.cert_der) == checked.quote
+    assert ratls.extract_quote(p384_creds.cert_pem) == checked.quote
     plain = _forge(ec.generate_private_key(ec.SECP384R1()))
     with pytest.raises(MissingEvidence):
         ratls.extract_quote(plain.public_bytes(serialization.Encoding.DER))

@@ -77,10 +77,23 @@ class AuditRecord:
 
     def _columns(self) -> dict[str, Any]:
         d = asdict(self)
+        d["time"] = float(self.time)  # as the REAL column returns it, so that verify() hashes the same
         d["simulated"] = int(self.simulated)
         d["measurements"] = json.dumps(dict(self.measurements), sort_keys=True, separators=(",", ":"))
         d["advisories"] = json.dumps(list(self.advisories), separators=(",", ":"))
         return {k: d[k] for k in _FIELDS}
+
+
+def _json_or_raw(value: Any, empty: Any) -> Any:
+    """A JSON column as written by append(); an edited one that no longer parses is shown as it is
+    (under ``"unreadable"``), so that listing a tampered log never fails: verify() names the row."""
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if isinstance(parsed, type(empty)):
+        return parsed
+    return {"unreadable": repr(value)} if isinstance(empty, dict) else [f"unreadable: {value!r}"]
 
 
 def _chain_hash(prev_hash: str, columns: Mapping[str, Any]) -> str:
@@ -132,8 +145,8 @@ class AuditLog:
             rows = [dict(zip(names, r)) for r in cur.fetchall()]
         for r in rows:
             r["simulated"] = bool(r["simulated"])
-            r["measurements"] = json.loads(r["measurements"])
-            r["advisories"] = json.loads(r["advisories"])
+            r["measurements"] = _json_or_raw(r["measurements"], {})
+            r["advisories"] = _json_or_raw(r["advisories"], [])
             yield r
 
     def head(self) -> str:
@@ -153,7 +166,11 @@ class AuditLog:
                 stored_prev, stored_hash = row[-2], row[-1]
                 if stored_prev != prev:
                     raise AuditChainBroken(self.path, seq, "previous-hash link does not match (row removed or reordered)")
-                if _chain_hash(prev, columns) != stored_hash:
+                try:
+                    digest = _chain_hash(prev, columns)
+                except (TypeError, ValueError):  # a value of a type append() never writes (e.g. a blob)
+                    raise AuditChainBroken(self.path, seq, "row content malformed (row edited)") from None
+                if digest != stored_hash:
                     raise AuditChainBroken(self.path, seq, "row content does not match its hash (row edited)")
                 prev = stored_hash
                 count += 1

@@ -256,10 +256,10 @@ def _evidence_extensions(cert: x509.Certificate) -> tuple[bytes | None, bytes | 
 
 
 def extract_quote(cert_bytes: bytes) -> bytes:
-    """Return the quote in an RA-TLS certificate (PEM or DER), for operator tools.
+    """Return the quote in an RA-TLS certificate (PEM or DER), for operator tools and audit records.
 
-    The legacy extension's quote if present (it binds the key directly), else the DICE quote.
-    Nothing is verified.
+    The same quote :func:`verify_certificate` checks: the DICE extension's if present (there is no
+    fallback from it), else the legacy extension's. Nothing is verified.
 
     Raises:
         MalformedCertificate: not a certificate.
@@ -267,10 +267,10 @@ def extract_quote(cert_bytes: bytes) -> bytes:
         MissingEvidence: no quote extension.
     """
     dice, legacy = _evidence_extensions(_load(cert_bytes))
-    if legacy is not None:
-        return legacy
     if dice is not None:
         return decode_evidence(dice)[0]
+    if legacy is not None:
+        return legacy
     raise MissingEvidence("certificate has no RA-TLS quote extension (neither TCG DICE nor legacy)")
 
 
