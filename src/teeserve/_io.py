@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import BinaryIO
 
 from ._errors import TeeserveError
 
-__all__ = ["OutputExists", "atomic_output", "write_file_atomic", "SECRET_MODE", "PUBLIC_MODE"]
+__all__ = ["OutputExists", "OutputNotRegular", "Staging", "atomic_output", "write_file_atomic", "SECRET_MODE",
+           "PUBLIC_MODE"]
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -31,18 +33,62 @@ class OutputExists(TeeserveError):
         self.path = os.fspath(path)
 
 
+class OutputNotRegular(TeeserveError):
+    """The output path is a directory, a symbolic link, a device or a pipe: never replaced, even with
+    ``--force`` (renaming a file over ``/dev/stdout`` or a link would clobber it, not write through it)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(f"{os.fspath(path)}: exists and is not a regular file (a directory, link, device or "
+                         "pipe); teeserve writes regular files only")
+        self.path = os.fspath(path)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputNotRegular(target)
+    if not overwrite:
+        raise OutputExists(target)
+
+
+class Staging:
+    """Outputs written now and put in place together by :meth:`commit`, or not at all (:meth:`discard`):
+    for a set of files that must replace their targets all or nothing (a tree of protected files)."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[str, Path, bool]] = []  # (temporary file, target, overwrite)
+
+    def commit(self) -> None:
+        for _tmp, target, overwrite in self._files:  # nothing is replaced unless every target still may be
+            _check_target(target, overwrite)
+        for tmp, target, _overwrite in self._files:
+            os.replace(tmp, target)
+        self._files.clear()
+
+    def discard(self) -> None:
+        for tmp, _target, _overwrite in self._files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._files.clear()
+
+
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], *, mode: int = PUBLIC_MODE, overwrite: bool = True
+    path: str | os.PathLike[str], *, mode: int = PUBLIC_MODE, overwrite: bool = True,
+    stage: Staging | None = None,
 ) -> Iterator[BinaryIO]:
-    """Yield a binary file object whose content replaces ``path`` only if the block succeeds.
+    """Yield a binary file object whose content replaces ``path`` only if the block succeeds (with a
+    ``stage``: only once the stage is committed).
 
     Raises:
         OutputExists: ``path`` exists and ``overwrite`` is false.
+        OutputNotRegular: ``path`` exists and is not a regular file.
     """
     target = Path(path)
-    if not overwrite and target.exists():
-        raise OutputExists(target)
+    _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
@@ -51,8 +97,10 @@ def atomic_output(
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        if not overwrite and target.exists():
-            raise OutputExists(target)
+        if stage is not None:
+            stage._files.append((tmp, target, overwrite))
+            return
+        _check_target(target, overwrite)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

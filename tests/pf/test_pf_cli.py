@@ -228,3 +228,119 @@ def test_unwritable_output_is_a_clean_error(
     (work / "m.bin").write_bytes(b"x")
     code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "/proc/no/such/dir/e.bin")
     assert code == 1 and err.startswith("teeserve: error: m.bin -> /proc/no/such/dir/e.bin: failed:")
+
+
+@pytest.mark.timeout(60)  # (as root the unreadable input is a FIFO, which must be refused, not opened)
+@pytest.mark.parametrize("direction", ["decrypt", "encrypt"])
+def test_a_failed_tree_with_force_leaves_existing_outputs_untouched(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str], direction: str
+) -> None:
+    """All or nothing also over an existing output tree (--force): a file that fails (here the last
+    one in sorted order) means no file of the old tree is replaced."""
+    k = key.read_bytes()
+    make_saved_model(work / "plain")
+    pf.encrypt_tree(work / "plain", work / "enc", k)
+    if direction == "decrypt":
+        victim = work / "enc" / "variables" / "variables.index"  # sorted last
+        blob = bytearray(victim.read_bytes())
+        blob[100] ^= 1  # found when this file is opened, after the files before it were written
+        victim.write_bytes(blob)
+        source = "enc"
+    else:
+        (work / "plain" / "variables" / "variables.index").chmod(0o000)
+        if os.access(work / "plain" / "variables" / "variables.index", os.R_OK):
+            (work / "plain" / "variables" / "variables.index").unlink()  # root reads anything: use a FIFO
+            os.mkfifo(work / "plain" / "variables" / "variables.index")
+        source = "plain"
+    out = work / "out"
+    (out / "variables").mkdir(parents=True)
+    old = {rel: f"old {rel}".encode() for rel in ("saved_model.pb", "fingerprint.pb", "variables/variables.index")}
+    for rel, data in old.items():
+        (out / rel).write_bytes(data)
+    code, _, err = run(capsys, direction, "-w", "wrap_key", "-i", source, "-o", "out", "--force")
+    assert code == 1 and "variables.index" in err, err
+    assert {rel: (out / rel).read_bytes() for rel in old} == old
+    assert sorted(p.name for p in out.rglob("*")) == sorted(["variables", *(Path(r).name for r in old)])
+
+
+def test_force_never_replaces_a_link_device_or_directory(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "m.bin").write_bytes(b"model")
+    (work / "real").write_bytes(b"keep")
+    os.symlink(work / "real", work / "link")
+    (work / "adir").mkdir()
+    os.mkfifo(work / "fifo")  # stands in for a device (never /dev/null itself: a regression would clobber it)
+    for target in ("link", "adir", "fifo"):
+        code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", target, "--force")
+        assert code == 1 and "is not a regular file" in err, (target, err)
+        code, _, err = run(capsys, "keys", "new", "-o", target, "--force")
+        assert code == 1 and "is not a regular file" in err, (target, err)
+    assert os.path.islink(work / "link") and (work / "real").read_bytes() == b"keep"
+    assert (work / "adir").is_dir() and (work / "fifo").is_fifo()
+    assert not [p for p in work.iterdir() if p.name.endswith(".part")]
+
+
+@pytest.mark.timeout(60)  # opening the FIFO for reading would wait for a writer forever
+def test_pipes_and_fifos_are_refused_not_read(work: Path, key: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.mkfifo(work / "fifo")  # opening it would wait for a writer
+    for command in ("encrypt", "decrypt"):
+        code, _, err = run(capsys, command, "-w", "wrap_key", "-i", "fifo", "-o", "out")
+        assert code == 1 and "fifo: is not a regular file" in err, err
+    r, w = os.pipe()
+    try:
+        code, _, err = run(capsys, "decrypt", "-w", "wrap_key", "-i", f"/dev/fd/{r}", "-o", "out")
+        assert code == 1 and "is not a regular file" in err, err
+    finally:
+        os.close(r)
+        os.close(w)
+    assert not (work / "out").exists()
+
+
+def test_operating_system_errors_are_errors_not_bugs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "afile").write_bytes(b"x")
+    code, _, err = run(capsys, "keys", "new", "-o", "afile/key")
+    assert code == 1 and err.startswith("teeserve: error: ") and "internal error" not in err, err
+    code, _, err = run(capsys, "keys", "new", "-o", "n" * 300)
+    assert code == 1 and "File name too long" in err and "internal error" not in err, err
+
+
+def test_a_large_key_file_is_described_by_its_size(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "big").write_bytes(os.urandom(1000))
+    (work / "m.bin").write_bytes(b"x")
+    code, _, err = run(capsys, "encrypt", "-w", "big", "-i", "m.bin", "-o", "e.bin")
+    assert code == 1 and "found a file of 1000 bytes" in err, err
+
+
+def test_sigterm_during_decrypt_leaves_no_plaintext(work: Path, key: Path) -> None:
+    """SIGTERM (timeout, kill, systemd, a cancelled CI job) must clean up like Ctrl-C: the temporary
+    output of a decrypt holds plaintext. The copy is slowed down so that the signal lands mid-write."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (work / "m.bin").write_bytes(os.urandom(3072 + 20 * 4096))
+    pf.encrypt_file(work / "m.bin", work / "e.bin", key.read_bytes())
+    script = (
+        "import sys, time\n"
+        "from teeserve.pf import _file\n"
+        "def slow(self, out, progress=None):\n"
+        "    out.write(b'plaintext' * 1000); out.flush(); time.sleep(60)\n"
+        "_file.Reader.copy_to = slow\n"
+        "from teeserve.cli import main\n"
+        "sys.exit(main(['decrypt', '-w', 'wrap_key', '-i', 'e.bin', '-o', 'plain.out']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=work, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in work.iterdir() if p.name.endswith(".part")]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert not [p for p in work.iterdir() if p.name.endswith(".part") or p.name == "plain.out"]

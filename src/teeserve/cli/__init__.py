@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -60,6 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread so that every ``finally`` and ``except
+    BaseException`` runs: an interrupted write then removes its temporary file (which, for
+    ``decrypt``, holds plaintext) instead of leaving it behind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _terminate_by_exception() -> None:
+    """Commands that serve (``serve``, ``broker``) install their own handlers once they run; a signal
+    that is ignored (``nohup``) stays ignored."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``teeserve`` console script. Returns the process exit code."""
     parser = build_parser()
@@ -68,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    _terminate_by_exception()
     try:
         result = func(args)
     except TeeserveError as exc:
@@ -76,8 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("teeserve: interrupted", file=sys.stderr)
         return 130
+    except _Terminated as exc:
+        print(f"teeserve: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
         return 141
+    except OSError as exc:  # the machine said no (a path, a permission, a full disk): not a bug of ours
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+        print(f"teeserve: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
         if os.environ.get("TEESERVE_DEBUG") == "1":
             raise

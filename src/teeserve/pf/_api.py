@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .._io import PUBLIC_MODE, SECRET_MODE, OutputExists, atomic_output
+from .._io import PUBLIC_MODE, SECRET_MODE, OutputExists, Staging, atomic_output
 from . import _tree
 from ._errors import ProtectedFileError, SourceChanged
 from ._file import Progress, Reader, write_protected
@@ -55,6 +55,9 @@ def _check_version(format_version: int) -> int:
 
 def _open_input(path: PathLike) -> BinaryIO:
     try:
+        # stat first: opening a FIFO would wait for a writer, and a pipe cannot be read at offsets
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ProtectedFileError(os.fspath(path), "is not a regular file")
         return open(path, "rb", buffering=0)
     except OSError as exc:
         raise ProtectedFileError(os.fspath(path), f"cannot read: {exc.strerror or exc}") from exc
@@ -122,6 +125,11 @@ def encrypt_file(
     """
     key = check_key(key)
     _check_version(format_version)
+    return _encrypt_one(src, dst, key, bound_path, format_version, overwrite, progress, None)
+
+
+def _encrypt_one(src: PathLike, dst: PathLike, key: bytes, bound_path: str | None, format_version: int,
+                 overwrite: bool, progress: Progress | None, stage: Staging | None) -> str:
     bound = normalize_path(os.fspath(dst) if bound_path is None else bound_path)
     raw = encode_path(bound, os.fspath(dst))
     source = os.fspath(src)
@@ -129,7 +137,8 @@ def encrypt_file(
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ProtectedFileError(source, "is not a regular file")
-        with _io_errors(src, dst), atomic_output(dst, mode=PUBLIC_MODE, overwrite=overwrite) as out:
+        with (_io_errors(src, dst),
+              atomic_output(dst, mode=PUBLIC_MODE, overwrite=overwrite, stage=stage) as out):
             write_protected(
                 fh, st.st_size, out, key, raw, version=format_version, progress=progress, source=source
             )
@@ -185,12 +194,12 @@ def _tree_plan(src_dir: PathLike, dst_dir: PathLike, overwrite: bool) -> tuple[l
 
 
 class _TreeOutput:
-    """Remembers what a tree operation created, to remove it all if the operation fails."""
+    """Remembers the directories a tree operation created, to remove them if the operation fails (its
+    files are staged: see :class:`teeserve._io.Staging`)."""
 
     def __init__(self, dst: Path) -> None:
         self.dst = dst
         self.created_dirs: list[Path] = []
-        self.created_files: list[Path] = []
 
     def mkdir(self, path: Path) -> None:
         missing = [p for p in [path, *path.parents] if not p.exists()]
@@ -198,8 +207,6 @@ class _TreeOutput:
         self.created_dirs.extend(reversed(missing))
 
     def undo(self) -> None:
-        for f in reversed(self.created_files):
-            f.unlink(missing_ok=True)
         for d in reversed(self.created_dirs):
             try:
                 d.rmdir()
@@ -236,22 +243,21 @@ def encrypt_tree(
     for rel, bound in zip(files, bounds):
         encode_path(bound, os.fspath(dst / rel))  # refuse before writing anything
     done = _TreeOutput(dst)
+    stage = Staging()  # every file is put in place at the end, only if all were written
     result: list[tuple[str, str]] = []
     try:
-        done.mkdir(dst)
-        for rel in dirs:
-            done.mkdir(dst / rel)
+        with _io_errors(src, dst):
+            done.mkdir(dst)
+            for rel in dirs:
+                done.mkdir(dst / rel)
         for rel, bound in zip(files, bounds):
             out = dst / rel
-            existed = out.exists()
-            encrypt_file(
-                src / rel, out, key, bound_path=bound, format_version=format_version,
-                overwrite=overwrite, progress=progress,
-            )
-            if not existed:
-                done.created_files.append(out)
+            _encrypt_one(src / rel, out, key, bound, format_version, overwrite, progress, stage)
             result.append((os.fspath(out), bound))
+        with _io_errors(src, dst):
+            stage.commit()
     except BaseException:
+        stage.discard()
         done.undo()
         raise
     return result
@@ -275,26 +281,28 @@ def decrypt_tree(
     dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
     src, dst = Path(src_dir), Path(dst_dir)
     done = _TreeOutput(dst)
+    stage = Staging()  # every file is put in place at the end, only if all authenticated
     result: list[tuple[str, str]] = []
     try:
-        done.mkdir(dst)
-        for rel in dirs:
-            done.mkdir(dst / rel)
+        with _io_errors(src, dst):
+            done.mkdir(dst)
+            for rel in dirs:
+                done.mkdir(dst / rel)
         for rel in files:
             out = dst / rel
-            existed = out.exists()
             expected = normalize_path(f"{os.fspath(src_dir)}/{rel.as_posix()}") if verify_paths else None
             with open_reader(src / rel, key, expected_path=expected) as reader:
                 with (
                     _io_errors(src / rel, out),
-                    atomic_output(out, mode=SECRET_MODE, overwrite=overwrite) as fh,
+                    atomic_output(out, mode=SECRET_MODE, overwrite=overwrite, stage=stage) as fh,
                 ):
                     reader.copy_to(fh, progress)
                 stored = reader.stored_path
-            if not existed:
-                done.created_files.append(out)
             result.append((os.fspath(out), stored))
+        with _io_errors(src, dst):
+            stage.commit()
     except BaseException:
+        stage.discard()
         done.undo()
         raise
     return result

@@ -74,8 +74,13 @@ def load_wrap_key(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as fh:
             data = fh.read(4 * WRAP_KEY_SIZE + 1)  # enough to tell; a huge file is not a key
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         raise WrapKeyError(source, f"cannot read the wrap key: {exc.strerror or exc}") from exc
+    if len(data) > 4 * WRAP_KEY_SIZE:  # only the start was read: say what the file is, not the sample
+        raise WrapKeyError(source, f"not a wrap key: expected exactly {WRAP_KEY_SIZE} raw bytes or "
+                                   f"{2 * WRAP_KEY_SIZE} hex characters, found a file of "
+                                   f"{size if size >= len(data) else 'more than ' + str(4 * WRAP_KEY_SIZE)} bytes")
     return parse_wrap_key(data, source)
 
 
