@@ -344,3 +344,13 @@ def test_sigterm_during_decrypt_leaves_no_plaintext(work: Path, key: Path) -> No
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
     assert not [p for p in work.iterdir() if p.name.endswith(".part") or p.name == "plain.out"]
+
+
+def test_main_restores_the_signal_handlers_it_set(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """main() may be called by a program that goes on: SIGTERM/SIGHUP are its own again afterwards."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    assert run(capsys, "keys", "new", "-o", "k")[0] == 0
+    assert run(capsys, "keys", "new", "-o", "k")[0] == 1  # an error path too
+    assert {sig: signal.getsignal(sig) for sig in before} == before

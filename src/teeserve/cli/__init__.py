@@ -19,7 +19,9 @@ import os
 import pkgutil
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from .._errors import TeeserveError
 
@@ -75,12 +77,16 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     raise _Terminated(signum)
 
 
-def _terminate_by_exception() -> None:
+def _terminate_by_exception() -> dict[int, Any]:
     """Commands that serve (``serve``, ``broker``) install their own handlers once they run; a signal
-    that is ignored (``nohup``) stays ignored."""
+    that is ignored (``nohup``) stays ignored. Returns the handlers replaced, for main() to restore."""
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set them
+        return replaced
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, _raise_terminated)
+            replaced[sig] = signal.signal(sig, _raise_terminated)
+    return replaced
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    _terminate_by_exception()
+    replaced = _terminate_by_exception()
     try:
         result = func(args)
     except TeeserveError as exc:
@@ -118,4 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+    finally:
+        for sig, handler in replaced.items():  # main() may be called from a program that goes on
+            if signal.getsignal(sig) is _raise_terminated:
+                signal.signal(sig, handler)
     return int(result or 0)
