@@ -689,6 +689,16 @@ class _WaitingReloadCore(FakeCore):
         self.finished.append([c.name for c in config.model_config_list.config])
 
 
+def _reload_past_the_deadline(models: Any, name: str) -> Any:
+    """A reload whose client gives up after 0.5 s (the core's reload waits meanwhile); returns the request."""
+    req = model_management_pb2.ReloadConfigRequest()
+    req.config.model_config_list.config.add(name=name, base_path=f"/models/{name}", model_platform="tensorflow")
+    with pytest.raises(grpc.RpcError) as err:
+        models.HandleReloadConfigRequest(req, timeout=0.5)
+    assert _code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    return req
+
+
 def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> None:
     """With a single gRPC worker thread, a reload waiting past the client's deadline used to hold
     that thread for good: every later call hung. Now the thread stops waiting when the RPC ends,
@@ -699,11 +709,7 @@ def test_threaded_server_frees_its_thread_when_a_waiting_call_is_cancelled() -> 
     try:
         with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
             models = model_service_pb2_grpc.ModelServiceStub(ch)
-            req = model_management_pb2.ReloadConfigRequest()
-            req.config.model_config_list.config.add(name="m3", base_path="/models/m3", model_platform="tensorflow")
-            with pytest.raises(grpc.RpcError) as err:
-                models.HandleReloadConfigRequest(req, timeout=0.5)
-            assert _code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            req = _reload_past_the_deadline(models, "m3")
             # The only worker thread is free again: a second reload and a status call are served
             # (each would wait for a thread, and time out, if the first call still held it).
             status = get_model_status_pb2.GetModelStatusRequest()
@@ -728,11 +734,7 @@ def test_aio_reload_runs_to_its_end_when_the_client_gives_up() -> None:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
             models = model_service_pb2_grpc.ModelServiceStub(ch)
-            req = model_management_pb2.ReloadConfigRequest()
-            req.config.model_config_list.config.add(name="m4", base_path="/models/m4", model_platform="tensorflow")
-            with pytest.raises(grpc.RpcError) as err:
-                models.HandleReloadConfigRequest(req, timeout=0.5)
-            assert _code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            _reload_past_the_deadline(models, "m4")
             served.loop.call_soon_threadsafe(core.release.set)
             deadline = time.monotonic() + 10
             while not core.finished and time.monotonic() < deadline:

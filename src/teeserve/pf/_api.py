@@ -194,19 +194,28 @@ def _tree_plan(src_dir: PathLike, dst_dir: PathLike, overwrite: bool) -> tuple[l
 
 
 class _TreeOutput:
-    """Remembers the directories a tree operation created, to remove them if the operation fails (its
-    files are staged: see :class:`teeserve._io.Staging`)."""
+    """A tree operation's output, all or nothing: its files are staged (:class:`teeserve._io.Staging`)
+    and put in place by :meth:`commit` once every one is written; :meth:`undo` drops them and removes the
+    directories the operation created."""
 
-    def __init__(self, dst: Path) -> None:
-        self.dst = dst
+    def __init__(self, src: Path, dst: Path) -> None:
+        self.src, self.dst = src, dst
+        self.stage = Staging()
         self.created_dirs: list[Path] = []
 
-    def mkdir(self, path: Path) -> None:
-        missing = [p for p in [path, *path.parents] if not p.exists()]
-        path.mkdir(parents=True, exist_ok=True)
-        self.created_dirs.extend(reversed(missing))
+    def make_dirs(self, dirs: list[Path]) -> None:
+        with _io_errors(self.src, self.dst):
+            for path in [self.dst, *(self.dst / rel for rel in dirs)]:
+                missing = [p for p in [path, *path.parents] if not p.exists()]
+                path.mkdir(parents=True, exist_ok=True)
+                self.created_dirs.extend(reversed(missing))
+
+    def commit(self) -> None:
+        with _io_errors(self.src, self.dst):
+            self.stage.commit()
 
     def undo(self) -> None:
+        self.stage.discard()
         for d in reversed(self.created_dirs):
             try:
                 d.rmdir()
@@ -242,22 +251,16 @@ def encrypt_tree(
     bounds = [normalize_path(f"{prefix}/{rel.as_posix()}") for rel in files]
     for rel, bound in zip(files, bounds):
         encode_path(bound, os.fspath(dst / rel))  # refuse before writing anything
-    done = _TreeOutput(dst)
-    stage = Staging()  # every file is put in place at the end, only if all were written
+    done = _TreeOutput(src, dst)
     result: list[tuple[str, str]] = []
     try:
-        with _io_errors(src, dst):
-            done.mkdir(dst)
-            for rel in dirs:
-                done.mkdir(dst / rel)
+        done.make_dirs(dirs)
         for rel, bound in zip(files, bounds):
             out = dst / rel
-            _encrypt_one(src / rel, out, key, bound, format_version, overwrite, progress, stage)
+            _encrypt_one(src / rel, out, key, bound, format_version, overwrite, progress, done.stage)
             result.append((os.fspath(out), bound))
-        with _io_errors(src, dst):
-            stage.commit()
+        done.commit()
     except BaseException:
-        stage.discard()
         done.undo()
         raise
     return result
@@ -280,29 +283,23 @@ def decrypt_tree(
     key = check_key(key)
     dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
     src, dst = Path(src_dir), Path(dst_dir)
-    done = _TreeOutput(dst)
-    stage = Staging()  # every file is put in place at the end, only if all authenticated
+    done = _TreeOutput(src, dst)
     result: list[tuple[str, str]] = []
     try:
-        with _io_errors(src, dst):
-            done.mkdir(dst)
-            for rel in dirs:
-                done.mkdir(dst / rel)
+        done.make_dirs(dirs)
         for rel in files:
             out = dst / rel
             expected = normalize_path(f"{os.fspath(src_dir)}/{rel.as_posix()}") if verify_paths else None
             with open_reader(src / rel, key, expected_path=expected) as reader:
                 with (
                     _io_errors(src / rel, out),
-                    atomic_output(out, mode=SECRET_MODE, overwrite=overwrite, stage=stage) as fh,
+                    atomic_output(out, mode=SECRET_MODE, overwrite=overwrite, stage=done.stage) as fh,
                 ):
                     reader.copy_to(fh, progress)
                 stored = reader.stored_path
             result.append((os.fspath(out), stored))
-        with _io_errors(src, dst):
-            stage.commit()
+        done.commit()
     except BaseException:
-        stage.discard()
         done.undo()
         raise
     return result

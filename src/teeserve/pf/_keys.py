@@ -78,9 +78,9 @@ def load_wrap_key(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         raise WrapKeyError(source, f"cannot read the wrap key: {exc.strerror or exc}") from exc
     if len(data) > 4 * WRAP_KEY_SIZE:  # only the start was read: say what the file is, not the sample
+        found = str(size) if size >= len(data) else f"more than {4 * WRAP_KEY_SIZE}"  # (st_size 0: a device)
         raise WrapKeyError(source, f"not a wrap key: expected exactly {WRAP_KEY_SIZE} raw bytes or "
-                                   f"{2 * WRAP_KEY_SIZE} hex characters, found a file of "
-                                   f"{size if size >= len(data) else 'more than ' + str(4 * WRAP_KEY_SIZE)} bytes")
+                                   f"{2 * WRAP_KEY_SIZE} hex characters, found a file of {found} bytes")
     return parse_wrap_key(data, source)
 
 

@@ -156,14 +156,15 @@ def _decode(tp: Any, alias: str) -> np.ndarray:
     if shape and min(shape) < 0:
         raise _bad(alias, f"negative dimension in shape {list(shape)}")
     n = math.prod(shape)
-    if n * npd.itemsize > MAX_TENSOR_BYTES:  # a few values may stand for a tensor of any size
-        raise _bad(alias, f"shape {list(shape)} of {dtype_name(dtype)} needs {n * npd.itemsize} bytes, "
+    nbytes = n * npd.itemsize
+    if nbytes > MAX_TENSOR_BYTES:  # a few values may stand for a tensor of any size
+        raise _bad(alias, f"shape {list(shape)} of {dtype_name(dtype)} needs {nbytes} bytes, "
                           f"more than the limit of {MAX_TENSOR_BYTES}")
     content = tp.tensor_content
     if content and dtype != DT.STRING:
-        if len(content) != n * npd.itemsize:
+        if len(content) != nbytes:
             raise _bad(alias, f"tensor_content has {len(content)} bytes but shape {list(shape)} of "
-                              f"{dtype_name(dtype)} needs {n * npd.itemsize}")
+                              f"{dtype_name(dtype)} needs {nbytes}")
         arr = np.frombuffer(content, dtype=npd if _LITTLE else npd.newbyteorder("<"))
         return arr.reshape(shape)
     vals = getattr(tp, _VAL_FIELD[dtype])
