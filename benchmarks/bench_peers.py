@@ -43,8 +43,10 @@ How it is fair:
 - Server CPU is that of the server's whole process tree (the started process and all its descendants,
   read from /proc at both ends of the window): supervisor / main process + workers (+ multiprocessing's
   resource tracker).
-- Same load: one load generator (``benchmarks/peers/loadgen.py``, its own venv) for every server,
-  separate processes (``--procs``, default 2) on the same cores as the server, closed loop, 16 clients,
+- Same load: one load generator for every server (``--loadgen cpp``, the default: gRPC from
+  ``benchmarks/grpcload``'s C++ ``grpc_loadgen`` in ``--procs`` threads, REST from
+  ``benchmarks/peers/loadgen.py``'s aiohttp clients, its own venv, in ``--procs`` processes; every
+  call's status checked), on the same cores as the server, closed loop, 16 clients,
   each with its own connection (the kernel spreads connections over the processes of a server that
   shares a port), ``--warmup`` s not counted, then ``--duration`` s counted; it reports its own CPU so
   that one can see it is not the bottleneck. All servers run for the whole benchmark; the measurements
@@ -63,7 +65,7 @@ The peers live in their own venvs (their pins conflict with teeserve's), made on
 
 Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
         [--quick] [--servers teeserve,teeserve-w2,kserve,kserve-w2,mlserver,mlserver-pw1]
-        [--protocols gRPC,REST] [--teeserve-args "--grpc_max_threads=2"] [--loadgen python|h2load]
+        [--protocols gRPC,REST] [--teeserve-args "--grpc_max_threads=2"] [--loadgen cpp|python|h2load]
         [--sessions separate|shared]
 Prints the table and the ratios; writes results.json and peers.png into --out.
 """
@@ -96,6 +98,11 @@ MODEL = "digits-onnx"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVERS = ("teeserve", "teeserve-w2", "kserve", "kserve-w2", "mlserver", "mlserver-pw1")
+LOADGEN_LABEL = {
+    "cpp": "grpc_loadgen (C++) with {n} thread(s) for gRPC, loadgen.py (aiohttp) in {n} process(es) for REST",
+    "python": "loadgen.py (grpc.aio/aiohttp), {n} process(es)",
+    "h2load": "h2load, {n} thread(s)",
+}
 
 
 @dataclass(frozen=True)
@@ -666,6 +673,8 @@ def measure(
         "--tool",
         args.loadgen,
     ]
+    if args.cpp_exe:
+        argv += ["--cpp-exe", str(args.cpp_exe)]
     if ep.method:
         argv += ["--method", ep.method]
     codes_before = grpc_predicts_by_code(ep.metrics_url) if ep.metrics_url else None
@@ -860,7 +869,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
     print(
         f"Peer benchmark: {MODEL} (ONNX, batch 1), concurrency {args.concurrency}, {args.duration:g} s per "
         f"measurement after {args.warmup:g} s warm-up, {args.rounds} round(s), "
-        f"load generator: {'loadgen.py (grpc.aio/aiohttp), ' + str(args.procs) + ' process(es)' if args.loadgen == 'python' else 'h2load, ' + str(args.procs) + ' thread(s)'}, intra/inter-op threads {args.intra_op_threads}/"
+        f"load generator: {LOADGEN_LABEL[args.loadgen].format(n=args.procs)}, intra/inter-op threads {args.intra_op_threads}/"
         f"{args.inter_op_threads}, {os.cpu_count()} CPUs, plaintext, 127.0.0.1, {args.sessions} sessions; rows show the "
         f"{'median round by req/s' if args.pick == 'median' else 'quietest round'}"
         + (f"; teeserve's extra flags: {args.teeserve_args}" if args.teeserve_args else "")
@@ -1047,12 +1056,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
     ap.add_argument(
         "--loadgen",
-        choices=("python", "h2load"),
-        default="python",
-        help="python: loadgen.py's grpc.aio/aiohttp clients in --procs processes (default; checks "
-        "every gRPC status); h2load: nghttp2's h2load with --procs threads (apt-get install "
-        "nghttp2-client), ~5x less CPU per request but blind to gRPC statuses (for teeserve the errors "
-        "column then comes from its own per-status request counters, read before and after each run)",
+        choices=("cpp", "python", "h2load"),
+        default="cpp",
+        help="cpp (default): gRPC through benchmarks/grpcload's grpc_loadgen (C++ on gRPC's own "
+        "library, --procs threads, built on first use; needs apt-get install libgrpc++-dev "
+        "pkg-config), REST through loadgen.py's aiohttp clients; every status checked; "
+        "python: loadgen.py's grpc.aio/aiohttp clients in --procs processes (checks every status, "
+        "~2x the CPU per gRPC call of cpp); h2load: nghttp2's h2load with --procs threads (apt-get "
+        "install nghttp2-client), the least CPU per request but blind to gRPC statuses (for teeserve "
+        "the errors column then comes from its own per-status request counters, read before and "
+        "after each run)",
     )
     ap.add_argument(
         "--sessions",
@@ -1141,6 +1154,14 @@ def main(argv: list[str] | None = None) -> int:
             {"mlserver"} if any(s.startswith("mlserver") for s in args.servers) else set()
         )
         pys = {n: setup_peers.ensure(ROOT / "bench-out" / "peers", n) for n in sorted(need)}
+        args.cpp_exe = None
+        if args.loadgen == "cpp" and "gRPC" in args.protocols:
+            import grpcload
+
+            try:
+                args.cpp_exe = grpcload.ensure_built(ROOT / "bench-out" / "bin")
+            except grpcload.BuildError as exc:
+                raise SystemExit(f"bench_peers: --loadgen cpp: {exc} (or use --loadgen python)") from None
         inp = prepare_inputs(args.out, pys["kserve"], args.sample)
         eps = [ep for ep in start_servers(args, inp, pys, logs) if ep.protocol in args.protocols]
         check_answers(eps, inp, pys["kserve"])

@@ -9,7 +9,8 @@ loaded by separate load-generator processes (one outstanding request per simulat
     the peers measured on this kind of machine (KServe 0.21 gRPC ~1,350 req/s, V1 REST ~1,550 req/s,
     MLServer 1.7 ~500 req/s; goal >= 1.5x), each with PASS / NOT MET. The peers themselves are run by
     benchmarks/bench_peers.py (their own venvs), not here. The clients are spread over
-    ``LOADGEN_PROCS`` load-generator processes (raw pre-serialized requests: grpc.aio for gRPC, raw
+    ``LOADGEN_PROCS`` load-generator processes or threads (raw pre-serialized requests: for gRPC the C++
+    ``grpc_loadgen`` of benchmarks/grpcload by default, grpc.aio with ``--loadgen python``; raw
     keep-alive HTTP/1.1 for REST), so that the generator is not the bottleneck.
 (b) ResNet-50 v1.5 (ONNX, random weights), batch 1, concurrency 2, gRPC + mutual TLS vs in-process
     onnxruntime with the same thread settings and 2 threads: ratio (goal >= 0.95).
@@ -163,13 +164,35 @@ def summarize(latencies: list[float], duration: float, errors: int) -> dict[str,
 
 #: Load-generator processes (the clients are spread over them): one Python process cannot drive more
 #: than ~1,500 small gRPC calls/s, which would make the generator, not the server, the bottleneck.
+#: (With ``--loadgen cpp``, the C++ generator's completion-queue threads.)
 LOADGEN_PROCS = 2
+
+#: ``--loadgen cpp`` (the default): the built ``grpc_loadgen`` that drives every gRPC point; None = the
+#: Python generator below (``--loadgen python``). REST always uses the Python generator.
+CPP_EXE: Path | None = None
+
+
+def _run_cpp(server: Server, request: Path, concurrency: int, duration: float, warmup: float,
+             tls: dict[str, str] | None, procs: int) -> dict[str, Any]:
+    import grpcload
+
+    assert CPP_EXE is not None
+    cpu0 = server.cpu_seconds()
+    r = grpcload.run(CPP_EXE, target=server.target, method=PREDICT, request=request, concurrency=concurrency,
+                     threads=max(1, min(procs, concurrency)), duration=duration, warmup=warmup, startup=0.5,
+                     timeout=60, tls=tls, server_name="localhost" if tls else None)
+    result = {"requests": r["requests"], "errors": r["errors"] + r["warmup_errors"], "rps": r["rps"],
+              "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "loadgen_cpu_us": r["loadgen_cpu_us_per_req"]}
+    result["server_cpu_ms"] = 1e3 * (server.cpu_seconds() - cpu0) / max(r["requests"] + r["warmup_requests"], 1)
+    return result
 
 
 def run_loadgen(server: Server, request: Path, concurrency: int, duration: float, warmup: float,
                 tls: dict[str, str] | None, *, rest: bool = False, procs: int = LOADGEN_PROCS) -> dict[str, Any]:
     """Load-generator processes against ``server``; adds the server's CPU time per request (whole run,
     warm-up included), a figure that background load on the machine disturbs less than requests/s."""
+    if CPP_EXE is not None and not rest:
+        return _run_cpp(server, request, concurrency, duration, warmup, tls, procs)
     target = server.rest_target if rest else server.target
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
@@ -463,6 +486,8 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def row(label: str, r: dict[str, Any]) -> str:
     cpu = f"   server CPU {r['server_cpu_ms']:.2f} ms/req" if "server_cpu_ms" in r else ""
+    if "loadgen_cpu_us" in r:
+        cpu += f", generator {r['loadgen_cpu_us'] / 1e3:.2f}"
     return (f"  {label:<34} {r['rps']:>8.1f} req/s   p50 {r['p50_ms']:>7.2f} ms   p99 {r['p99_ms']:>7.2f} ms"
             f"{cpu}   ({r['requests']} req, {r['errors']} errors)")
 
@@ -479,6 +504,10 @@ def main() -> int:
                    help="--tensorflow_intra_op_parallelism for ResNet-50, and the same for onnxruntime in-process")
     p.add_argument("--no-resnet", action="store_true", help="skip (b) and ResNet-50 in (c)")
     p.add_argument("--quick", action="store_true", help="short points, one round (a smoke run)")
+    p.add_argument("--loadgen", choices=("cpp", "python"), default="cpp",
+                   help="gRPC load generator: cpp (default) = benchmarks/grpcload's grpc_loadgen, C++ on gRPC's "
+                        "own library, built on first use (apt-get install libgrpc++-dev pkg-config), less than "
+                        "half the CPU per call of python = grpc.aio clients in 2 processes; REST always python")
     p.add_argument("--frontends", action="store_true",
                    help="also compare gRPC's thread-pool server with grpc.aio (inference in a pool, inline, "
                         "inline on uvloop) on the same tiny handler")
@@ -487,9 +516,19 @@ def main() -> int:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    if args.loadgen == "cpp":
+        import grpcload
+
+        global CPP_EXE
+        try:
+            CPP_EXE = grpcload.ensure_built(ROOT / "bench-out" / "bin")
+        except grpcload.BuildError as exc:
+            raise SystemExit(f"bench_serving: --loadgen cpp: {exc} (or use --loadgen python)") from None
     models = out / "models"
     tls = tls_material(out)
-    print(f"teeserve serving benchmark: {os.cpu_count()} CPUs, load generators in separate processes on loopback;"
+    gen = ("gRPC: grpc_loadgen (C++), 2 threads; REST: Python, 2 processes" if CPP_EXE
+           else "Python (grpc.aio, raw HTTP/1.1), 2 processes")
+    print(f"teeserve serving benchmark: {os.cpu_count()} CPUs, load generator {gen}, separate from the server, on loopback;"
           f" {args.duration:g}s points after {args.warmup:g}s warm-up, median of {args.rounds} round(s)\n", flush=True)
     results: dict[str, Any] = {}
 

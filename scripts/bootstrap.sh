@@ -17,8 +17,9 @@ fi
 # over tensorflow-cpu; its real needs (grpcio, protobuf, tensorflow) are already installed above.
 "$VENV/bin/python" -m pip install --quiet --no-deps tensorflow-serving-api==2.21.0
 # Debian packages: nginx with its stream module (TLS passthrough) for the multi-replica tests; strace
-# for the test that traces what a real server writes to the file system (nothing).
-APT_PACKAGES=${TEESERVE_APT_PACKAGES-nginx libnginx-mod-stream strace}
+# for the test that traces what a real server writes to the file system (nothing); g++, pkg-config and
+# gRPC's C++ library for the benchmarks' C++ load generator (benchmarks/grpcload) and its tests.
+APT_PACKAGES=${TEESERVE_APT_PACKAGES-nginx libnginx-mod-stream strace g++ pkg-config libgrpc++-dev}
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
