@@ -20,6 +20,7 @@ Rounds alternate between the configurations so that background load on the machi
 sides alike; the median round is reported.
 
 Usage:  .venv/bin/python benchmarks/bench_serving.py [--out bench-out/serving] [--quick] [--no-resnet]
+        [--loadgen cpp|python] [--rounds N]
 """
 
 from __future__ import annotations
@@ -569,7 +570,9 @@ def main() -> int:
     a_rest, a_rest_mtls = median_round(rounds["rest"]), median_round(rounds["rest_mtls"])
     results["digits"] = {"plaintext": a_plain, "mtls": a_mtls, "rest_plaintext": a_rest,
                          "rest_mtls": a_rest_mtls, "sweep_mtls": sweep_digits}
-    print(f"(a) digits (ONNX), concurrency {args.concurrency}, {LOADGEN_PROCS} load-generator processes")
+    print(f"(a) digits (ONNX), concurrency {args.concurrency}, load generator: "
+          + (f"gRPC grpc_loadgen (C++) with {LOADGEN_PROCS} threads, REST {LOADGEN_PROCS} Python processes" if CPP_EXE
+             else f"{LOADGEN_PROCS} Python processes"))
     print(row("teeserve gRPC plaintext", a_plain))
     print(row("teeserve gRPC mutual TLS", a_mtls))
     print(row("teeserve REST plaintext", a_rest))

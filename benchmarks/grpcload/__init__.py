@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +29,40 @@ class BuildError(RuntimeError):
 def ensure_built(out_dir: Path) -> Path:
     """The path of a ``grpc_loadgen`` built from the current source, compiling it into ``out_dir`` if needed.
 
-    The binary's name carries a hash of the source, so an edited source is never run as an old binary.
+    The binary's name carries a hash of the source, the compiler's and gRPC's versions, so an edited
+    source or an upgraded library is never run as an old binary.
     """
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    exe = Path(out_dir) / f"grpc_loadgen-{digest}"
-    if exe.is_file():
-        return exe
     for tool in ("g++", "pkg-config"):
         if not shutil.which(tool):
             raise BuildError(f"{tool} not found; install the build dependencies: {APT_HINT}")
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++"], capture_output=True, text=True)
-    if flags.returncode != 0:
+    version = subprocess.run(["pkg-config", "--modversion", "grpc++"], capture_output=True, text=True)
+    if flags.returncode != 0 or version.returncode != 0:
         raise BuildError(f"gRPC's C++ library not found by pkg-config ({flags.stderr.strip()}); {APT_HINT}")
+    compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout
+    key = SOURCE.read_bytes() + version.stdout.encode() + compiler.encode()
+    exe = Path(out_dir) / f"grpc_loadgen-{hashlib.sha256(key).hexdigest()[:12]}"
+    if exe.is_file():
+        return exe
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = exe.with_name(exe.name + ".tmp")
+    # A temporary name of its own: two builds at once (two benchmarks) never write the same file.
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=exe.name + ".", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     argv = ["g++", "-O2", "-std=c++17", "-Wall", "-o", str(tmp), str(SOURCE), *flags.stdout.split(),
             "-labsl_synchronization"]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+        tmp.replace(exe)  # atomic: a concurrent or interrupted build never leaves a half-written binary
+    finally:
         tmp.unlink(missing_ok=True)
-        raise BuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-    tmp.replace(exe)  # atomic: a concurrent or interrupted build never leaves a half-written binary
     return exe
 
 
 def run(exe: Path, *, target: str, method: str, request: Path, concurrency: int, threads: int,
-        duration: float, warmup: float, startup: float = 0.0, t0: float = 0.0, timeout: float = 30.0,
+        duration: float, warmup: float, startup: float = 1.0, t0: float = 0.0, timeout: float = 30.0,
         tls: dict[str, str] | None = None, server_name: str | None = None) -> dict[str, Any]:
     """One closed-loop run; the tool's JSON report (loadgen.py's fields, plus ``warmup_requests``)."""
     argv = [str(exe), "--target", target, "--method", method, "--request", str(request),
@@ -65,7 +75,7 @@ def run(exe: Path, *, target: str, method: str, request: Path, concurrency: int,
     if server_name:
         argv += ["--server-name", server_name]
     done = subprocess.run(argv, capture_output=True, text=True,
-                          timeout=startup + warmup + duration + timeout + 60)
+                          timeout=startup + warmup + duration + 5 + 90)  # --drain 5 bounds the tail
     if done.returncode != 0:
         raise RuntimeError(f"grpc_loadgen failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

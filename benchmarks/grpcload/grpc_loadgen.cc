@@ -23,16 +23,19 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -42,17 +45,30 @@ namespace {
 
 struct Options {
   std::string target, method, request, ca, cert, key, server_name;
-  int concurrency = 16, threads = 2;
-  double duration = 10, warmup = 3, startup = 1.5, timeout = 30, t0 = 0, connect_timeout = 30;
+  long concurrency = 16, threads = 2;
+  double duration = 10, warmup = 3, startup = 1.5, timeout = 30, t0 = 0, connect_timeout = 30, drain = 5;
 };
+
+constexpr double kMaxSeconds = 1e6;  // longer than any run; keeps every conversion to microseconds in range
 
 [[noreturn]] void die(const std::string& msg) {
   std::fprintf(stderr, "grpc_loadgen: error: %s\n", msg.c_str());
   std::exit(2);
 }
 
+// The window's edges are wall-clock times (so that a caller can sample a server's CPU over the same
+// window); latencies come from the monotonic clock.
 double wall_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double mono_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::chrono::system_clock::time_point wall_point(double epoch_s) {
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(epoch_s)));
 }
 
 double cpu_seconds() {
@@ -62,34 +78,58 @@ double cpu_seconds() {
 }
 
 std::string read_file(const std::string& path, const char* what) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) die(std::string(what) + " " + path + ": not a regular file");
   std::ifstream f(path, std::ios::binary);
-  if (!f) die(std::string(what) + " " + path + ": cannot be read");
   std::ostringstream s;
-  s << f.rdbuf();
+  if (!f || !(s << f.rdbuf()) || f.bad()) {
+    if (std::filesystem::file_size(path, ec) == 0 && !ec) return "";  // an empty file is a valid empty message
+    die(std::string(what) + " " + path + ": cannot be read");
+  }
   return s.str();
 }
 
-double parse_number(const std::string& flag, const char* text) {
+double parse_seconds(const std::string& flag, const char* text, double min, bool min_inclusive) {
   char* end = nullptr;
   double v = std::strtod(text, &end);
   if (end == text || *end != '\0' || !std::isfinite(v)) die(flag + ": not a number: " + text);
+  if (v < min || (!min_inclusive && v == min) || v > kMaxSeconds)
+    die(flag + ": must be " + (min_inclusive ? ">= " : "> ") + std::to_string(static_cast<int>(min)) +
+        " and <= 1e6 seconds, got " + text);
   return v;
 }
 
+long parse_count(const std::string& flag, const char* text, long max) {
+  char* end = nullptr;
+  errno = 0;
+  long v = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE) die(flag + ": not a whole number: " + text);
+  if (v < 1 || v > max) die(flag + ": must be between 1 and " + std::to_string(max) + ", got " + text);
+  return v;
+}
+
+const char* const kUsage =
+    "usage: grpc_loadgen --target HOST:PORT --method /pkg.Service/Method --request FILE\n"
+    "  [--concurrency N=16] [--threads T=2] [--duration S=10] [--warmup S=3]\n"
+    "  [--startup S=1.5] [--timeout S=30] [--t0 EPOCH_S] [--connect-timeout S=30] [--drain S=5]\n"
+    "  [--ca FILE [--cert FILE --key FILE] [--server-name NAME]]\n"
+    "Closed-loop unary calls of one pre-serialized request; prints one JSON object.\n"
+    "The warm-up ends at t0 + startup + warmup (t0 = now by default; the clients must be connected\n"
+    "by then), the measured window lasts --duration seconds after it. --timeout 0: no per-call\n"
+    "deadline. Calls still running --drain seconds after the window are cancelled and reported.";
+
 Options parse(int argc, char** argv) {
   Options o;
+  static const std::set<std::string> known = {
+      "--target", "--method", "--request", "--ca", "--cert", "--key", "--server-name", "--concurrency",
+      "--threads", "--duration", "--warmup", "--startup", "--timeout", "--t0", "--connect-timeout", "--drain"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::puts("usage: grpc_loadgen --target HOST:PORT --method /pkg.Service/Method --request FILE\n"
-                "  [--concurrency N=16] [--threads T=2] [--duration S=10] [--warmup S=3]\n"
-                "  [--startup S=1.5] [--timeout S=30] [--t0 EPOCH_S] [--connect-timeout S=30]\n"
-                "  [--ca FILE [--cert FILE --key FILE] [--server-name NAME]]\n"
-                "Closed-loop unary calls of one pre-serialized request; prints one JSON object.\n"
-                "The warm-up ends at t0 + startup + warmup (t0 = now by default), the measured\n"
-                "window lasts --duration seconds after it.");
+      std::puts(kUsage);
       std::exit(0);
     }
+    if (!known.count(a)) die("unknown option " + a + " (see --help)");
     if (i + 1 >= argc) die(a + ": needs a value");
     const char* v = argv[++i];
     if (a == "--target") o.target = v;
@@ -99,21 +139,22 @@ Options parse(int argc, char** argv) {
     else if (a == "--cert") o.cert = v;
     else if (a == "--key") o.key = v;
     else if (a == "--server-name") o.server_name = v;
-    else if (a == "--concurrency") o.concurrency = static_cast<int>(parse_number(a, v));
-    else if (a == "--threads") o.threads = static_cast<int>(parse_number(a, v));
-    else if (a == "--duration") o.duration = parse_number(a, v);
-    else if (a == "--warmup") o.warmup = parse_number(a, v);
-    else if (a == "--startup") o.startup = parse_number(a, v);
-    else if (a == "--timeout") o.timeout = parse_number(a, v);
-    else if (a == "--t0") o.t0 = parse_number(a, v);
-    else if (a == "--connect-timeout") o.connect_timeout = parse_number(a, v);
-    else die("unknown option " + a + " (see --help)");
+    else if (a == "--concurrency") o.concurrency = parse_count(a, v, 100000);
+    else if (a == "--threads") o.threads = parse_count(a, v, 1024);
+    else if (a == "--duration") o.duration = parse_seconds(a, v, 0, false);
+    else if (a == "--warmup") o.warmup = parse_seconds(a, v, 0, true);
+    else if (a == "--startup") o.startup = parse_seconds(a, v, 0, true);
+    else if (a == "--timeout") o.timeout = parse_seconds(a, v, 0, true);
+    else if (a == "--connect-timeout") o.connect_timeout = parse_seconds(a, v, 0, false);
+    else if (a == "--drain") o.drain = parse_seconds(a, v, 0, true);
+    else if (a == "--t0") {
+      char* end = nullptr;
+      o.t0 = std::strtod(v, &end);
+      if (end == v || *end != '\0' || !std::isfinite(o.t0) || o.t0 <= 0) die(std::string("--t0: not a positive epoch time: ") + v);
+    }
   }
   if (o.target.empty() || o.method.empty() || o.request.empty()) die("--target, --method and --request are required");
   if (o.method[0] != '/') die("--method must be a path such as /pkg.Service/Method, got " + o.method);
-  if (o.concurrency < 1 || o.threads < 1 || o.duration <= 0 || o.warmup < 0 || o.timeout < 0 ||
-      o.connect_timeout <= 0)
-    die("--concurrency and --threads must be >= 1, --duration > 0, --warmup and --timeout >= 0 (0: no deadline)");
   if (o.cert.empty() != o.key.empty()) die("--cert and --key go together");
   if (!o.cert.empty() && o.ca.empty()) die("--cert/--key need --ca (TLS)");
   o.threads = std::min(o.threads, o.concurrency);
@@ -125,6 +166,24 @@ std::string num(double x) {
   char b[64];
   std::snprintf(b, sizeof b, "%.6f", x);
   return b;
+}
+
+// A JSON string literal: quotes, backslashes and control bytes escaped (other bytes pass as they are).
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      out += b;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
 }
 
 const char* code_name(grpc::StatusCode c) {
@@ -144,8 +203,8 @@ struct Client {
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
   grpc::ByteBuffer reply;
   grpc::Status status;
-  double t_start = 0;
-  bool done = false;
+  double t_start = 0;    // monotonic, for the latency
+  bool cancelled = false;  // cancelled at the end of the drain: reported as unfinished
 };
 
 // What one completion-queue thread saw; merged after the run (no locks on the hot path).
@@ -172,6 +231,7 @@ class Run {
     } else {
       grpc::SslCredentialsOptions ssl;
       ssl.pem_root_certs = read_file(o_.ca, "--ca");
+      if (ssl.pem_root_certs.empty()) die("--ca " + o_.ca + ": empty file");
       if (!o_.cert.empty()) {
         ssl.pem_cert_chain = read_file(o_.cert, "--cert");
         ssl.pem_private_key = read_file(o_.key, "--key");
@@ -186,40 +246,71 @@ class Run {
       args.SetMaxSendMessageSize(-1);
       if (!o_.server_name.empty()) args.SetSslTargetNameOverride(o_.server_name);
       c.channel = grpc::CreateCustomChannel(o_.target, creds, args);
+      c.channel->GetState(true);  // start connecting now: all clients at once, not one after another
       c.stub = std::make_unique<grpc::GenericStub>(c.channel);
     }
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<long>(o_.connect_timeout * 1e6));
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%g", o_.connect_timeout);
     for (auto& c : clients_)
       if (!c.channel->WaitForConnected(deadline))
-        die("could not connect to " + o_.target + " within " + std::to_string(o_.connect_timeout).substr(0, 5) +
+        die("could not connect to " + o_.target + " within " + secs +
             " s (server down, or a TLS handshake it refused)");
+    double late = wall_now() - t_measure_;
+    if (late >= 0) {
+      char b[160];
+      std::snprintf(b, sizeof b, "the clients connected %.2f s after the warm-up had ended; raise --startup", late);
+      die(b);
+    }
   }
 
   void start(Client& c, grpc::CompletionQueue* cq) {
+    c.reader.reset();  // the previous call's reader before its context
     c.ctx = std::make_unique<grpc::ClientContext>();
     if (o_.timeout > 0)
       c.ctx->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::microseconds(static_cast<long>(o_.timeout * 1e6)));
     c.reply.Clear();
-    c.t_start = wall_now();
+    c.t_start = mono_now();
     c.reader = c.stub->PrepareUnaryCall(c.ctx.get(), o_.method, request_, cq);
     c.reader->StartCall();
     c.reader->Finish(&c.reply, &c.status, &c);
   }
 
-  void drive(int index, Tally* tally) {
+  void drive(long index, Tally* tally) {
     grpc::CompletionQueue cq;
-    int active = 0;
-    for (int i = index; i < o_.concurrency; i += o_.threads) {
-      start(clients_[i], &cq);
-      ++active;
-    }
-    void* tag = nullptr;
-    bool ok = false;
-    while (active > 0 && cq.Next(&tag, &ok)) {
+    std::vector<Client*> mine;
+    for (long i = index; i < o_.concurrency; i += o_.threads) mine.push_back(&clients_[i]);
+    for (Client* c : mine) start(*c, &cq);
+    long active = static_cast<long>(mine.size());
+    // Calls still running this long after the window are cancelled (a stalled server must not keep
+    // the tool waiting), and counted as unfinished.
+    const auto drain_deadline = wall_point(t_stop_ + o_.drain);
+    bool cancelling = false;
+    while (active > 0) {
+      void* tag = nullptr;
+      bool ok = false;
+      auto got = cancelling ? (cq.Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                                  : grpc::CompletionQueue::SHUTDOWN)
+                            : cq.AsyncNext(&tag, &ok, drain_deadline);
+      if (got == grpc::CompletionQueue::SHUTDOWN) break;
+      if (got == grpc::CompletionQueue::TIMEOUT) {
+        for (Client* c : mine) {
+          c->cancelled = true;  // only the calls still running will report back from here on
+          c->ctx->TryCancel();
+        }
+        cancelling = true;
+        continue;
+      }
       Client& c = *static_cast<Client*>(tag);
       double t1 = wall_now();
+      double latency = mono_now() - c.t_start;
+      --active;
+      if (c.cancelled && c.status.error_code() == grpc::StatusCode::CANCELLED) {
+        ++tally->errors["unfinished (cancelled after --drain)"];
+        continue;
+      }
       const char* err = nullptr;
       if (!c.status.ok()) err = code_name(c.status.error_code());
       else if (c.reply.Length() == 0) err = "empty reply";
@@ -228,15 +319,18 @@ class Run {
         if (err) ++tally->warmup_errors;
       } else if (t1 <= t_stop_) {
         if (err) ++tally->errors[err];
-        else tally->latencies.push_back(t1 - c.t_start);
+        else tally->latencies.push_back(latency);
+      } else if (err) {
+        ++tally->errors[std::string("after the window: ") + err];  // not timed, but never hidden
       }
-      if (t1 >= t_stop_) {
-        --active;
-        continue;
+      if (t1 < t_stop_) {
+        start(c, &cq);
+        ++active;
       }
-      start(c, &cq);
     }
     cq.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
     while (cq.Next(&tag, &ok)) {
     }
   }
@@ -245,14 +339,14 @@ class Run {
     std::vector<Tally> tallies(o_.threads);
     std::vector<std::thread> threads;
     double cpu_start = 0, cpu_stop = 0;
-    // The CPU of the measured window only: sampled when it opens and when it closes.
+    // The CPU of the measured window only: sampled when it opens and when it closes (read after join).
     std::thread marker([&] {
       std::this_thread::sleep_for(std::chrono::duration<double>(std::max(0.0, t_measure_ - wall_now())));
       cpu_start = cpu_seconds();
       std::this_thread::sleep_for(std::chrono::duration<double>(std::max(0.0, t_stop_ - wall_now())));
       cpu_stop = cpu_seconds();
     });
-    for (int t = 0; t < o_.threads; ++t) threads.emplace_back(&Run::drive, this, t, &tallies[t]);
+    for (long t = 0; t < o_.threads; ++t) threads.emplace_back(&Run::drive, this, t, &tallies[t]);
     for (auto& th : threads) th.join();
     marker.join();
     report(tallies, cpu_stop - cpu_start);
@@ -280,19 +374,20 @@ class Run {
     double sum = 0;
     for (double x : lat) sum += x;
     std::ostringstream j;
-    j << "{\"kind\": \"grpc\", \"tool\": \"cpp\", \"target\": \"" << o_.target << "\", \"concurrency\": "
-      << o_.concurrency << ", \"procs\": 1, \"threads\": " << o_.threads << ", \"tls\": "
-      << (o_.ca.empty() ? "false" : "true") << ", \"duration_s\": " << num(o_.duration)
+    j << "{\"kind\": \"grpc\", \"tool\": \"cpp\", \"target\": " << json_string(o_.target)
+      << ", \"concurrency\": " << o_.concurrency << ", \"procs\": 1, \"threads\": " << o_.threads
+      << ", \"tls\": " << (o_.ca.empty() ? "false" : "true") << ", \"duration_s\": " << num(o_.duration)
       << ", \"requests\": " << lat.size() << ", \"rps\": " << num(lat.size() / o_.duration)
       << ", \"p50_ms\": " << num(1e3 * percentile(lat, 50)) << ", \"p99_ms\": " << num(1e3 * percentile(lat, 99))
       << ", \"mean_ms\": " << num(lat.empty() ? NAN : 1e3 * sum / lat.size()) << ", \"errors\": " << nerr
       << ", \"errors_by_kind\": {";
     bool first = true;
     for (const auto& [k, n] : errors) {
-      j << (first ? "" : ", ") << "\"" << k << "\": " << n;
+      j << (first ? "" : ", ") << json_string(k) << ": " << n;
       first = false;
     }
-    j << "}, \"warmup_errors\": " << warm << ", \"warmup_requests\": " << warm_requests << ", \"loadgen_cpu_pct_per_proc\": [" << num(100.0 * cpu / o_.duration)
+    j << "}, \"warmup_errors\": " << warm << ", \"warmup_requests\": " << warm_requests
+      << ", \"loadgen_cpu_pct_per_proc\": [" << num(100.0 * cpu / o_.duration)
       << "], \"loadgen_cpu_us_per_req\": " << num(lat.empty() ? NAN : 1e6 * cpu / lat.size()) << "}";
     std::puts(j.str().c_str());
   }

@@ -36,8 +36,11 @@ def exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class _Server:
     """A grpc.aio server in a thread of its own, answering PATH with ``behaviour(call_number)``."""
 
-    def __init__(self, behaviour: Any, credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(self, behaviour: Any, credentials: grpc.ServerCredentials | None = None, *,
+                 port: int = 0, unix_path: str | None = None) -> None:
         self.behaviour = behaviour
+        self.port = port
+        self.unix_path = unix_path
         self.peers: set[str] = set()
         self.bodies: list[bytes] = []
         self.calls = 0
@@ -52,6 +55,8 @@ class _Server:
         if len(self.bodies) < 50:
             self.bodies.append(body)
         outcome = self.behaviour(self.calls)
+        if asyncio.iscoroutine(outcome):
+            outcome = await outcome
         if isinstance(outcome, grpc.StatusCode):
             await context.abort(outcome, "refused by the test")
         return outcome
@@ -60,10 +65,12 @@ class _Server:
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self._handle)}),))
+        address = f"unix:{self.unix_path}" if self.unix_path else f"127.0.0.1:{self.port}"
         if self._credentials:
-            self.port = self._server.add_secure_port("127.0.0.1:0", self._credentials)
+            self.port = self._server.add_secure_port(address, self._credentials)
         else:
-            self.port = self._server.add_insecure_port("127.0.0.1:0")
+            self.port = self._server.add_insecure_port(address)
+        self.target = address if self.unix_path else f"127.0.0.1:{self.port}"
         await self._server.start()
 
     def __enter__(self) -> _Server:
@@ -91,7 +98,6 @@ def test_sends_the_file_bytes_over_one_connection_per_client(exe: Path, tmp_path
         result = _run(exe, server.port, request, concurrency=6, threads=2)
     assert result["errors"] == 0 and result["errors_by_kind"] == {}, result
     assert result["requests"] > 10, result
-    assert result["rps"] == pytest.approx(result["requests"] / 0.8)
     assert 0 < result["p50_ms"] <= result["p99_ms"], result
     assert len(server.peers) == 6, sorted(server.peers)  # one TCP connection (client port) per client
     assert server.bodies and all(b == request.read_bytes() for b in server.bodies)
@@ -111,14 +117,12 @@ def test_counts_each_status_by_name_and_only_ok_calls_as_requests(exe: Path, tmp
 
     with _Server(every_third_refused) as server:
         result = _run(exe, server.port, request)
-    kinds = result["errors_by_kind"]
+    kinds = {k: v for k, v in result["errors_by_kind"].items() if not k.startswith("after the window")}
     assert set(kinds) == {"NOT_FOUND", "empty reply"}, result
-    assert result["errors"] == sum(kinds.values())
     # a third of the calls each: OK with a reply, OK but empty, NOT_FOUND
-    total = result["requests"] + result["errors"]
+    total = result["requests"] + sum(kinds.values())
     for n in (result["requests"], kinds["NOT_FOUND"], kinds["empty reply"]):
         assert abs(n - total / 3) <= 8, result
-    assert server.calls >= total
 
 
 def test_mutual_tls(exe: Path, tmp_path: Path) -> None:
@@ -143,7 +147,7 @@ def test_mutual_tls(exe: Path, tmp_path: Path) -> None:
                    "--duration", "0.5"]
         done = subprocess.run(no_cert, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
-    assert "could not connect" in done.stderr and "TLS" in done.stderr, done.stderr
+    assert f"could not connect to 127.0.0.1:{server.port} within 2 s" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -151,12 +155,26 @@ def test_mutual_tls(exe: Path, tmp_path: Path) -> None:
     (["--target", "127.0.0.1:1", "--method", "Call", "--request", "REQ"], "--method must be a path"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "MISSING"], "--request MISSING"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "0"],
-     "--concurrency and --threads must be >= 1"),
+     "--concurrency: must be between 1 and 100000, got 0"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--duration", "ten"],
      "--duration: not a number: ten"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--duration", "0"],
+     "--duration: must be > 0"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--cert", "c.pem"],
      "--cert and --key go together"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--bogus", "1"], "unknown option --bogus"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--bogus"], "unknown option --bogus"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "2.5"],
+     "--concurrency: not a whole number: 2.5"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "1000000000"],
+     "--concurrency: must be between 1 and 100000"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--connect-timeout", "0"],
+     "--connect-timeout: must be > 0"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--startup", "-5"], "--startup: must be >= 0"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--timeout", "1e13"],
+     "--timeout: must be >= 0 and <= 1e6 seconds"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--t0", "-1"], "--t0: not a positive epoch"),
+    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "."], "--request .: not a regular file"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request"], "--request: needs a value"),
 ])
 def test_bad_arguments_are_named(exe: Path, tmp_path: Path, argv: list[str], message: str) -> None:
@@ -182,3 +200,92 @@ def test_peer_benchmark_generator_drives_it(exe: Path, tmp_path: Path) -> None:
     assert result["tool"] == "cpp" and result["concurrency"] == 3 and result["threads"] == 2
     assert result["requests"] > 0 and result["errors"] == 0
     assert len(server.peers) == 3 and set(server.bodies) == {b"peer request"}
+
+
+def test_latency_includes_the_servers_time(exe: Path, tmp_path: Path) -> None:
+    request = tmp_path / "request.bin"
+    request.write_bytes(b"x")
+
+    async def slow(n: int) -> bytes:
+        await asyncio.sleep(0.03)
+        return b"ok"
+
+    with _Server(slow) as server:
+        result = _run(exe, server.port, request, concurrency=2, duration=0.6)
+    assert result["requests"] > 0 and result["errors"] == 0, result
+    assert result["p50_ms"] >= 30.0, result  # a call cannot end before the server's 30 ms sleep
+
+
+def test_a_stalled_server_is_reported_and_does_not_hold_the_tool(exe: Path, tmp_path: Path) -> None:
+    request = tmp_path / "request.bin"
+    request.write_bytes(b"x")
+
+    async def never(n: int) -> bytes:
+        await asyncio.sleep(3600)
+        return b"late"
+
+    base = ["--method", PATH, "--request", str(request), "--concurrency", "3", "--threads", "2",
+            "--duration", "0.3", "--warmup", "0", "--startup", "0.3"]
+    with _Server(never) as server:
+        target = ["--target", f"127.0.0.1:{server.port}"]
+        # no per-call deadline: the calls still running --drain seconds after the window are cancelled
+        no_deadline = subprocess.run([str(exe), *target, *base, "--timeout", "0", "--drain", "0.5"],
+                                     capture_output=True, text=True, timeout=60)
+        # a deadline that falls after the window: those failures are still reported
+        deadline = subprocess.run([str(exe), *target, *base, "--timeout", "1", "--drain", "30"],
+                                  capture_output=True, text=True, timeout=60)
+    for done in (no_deadline, deadline):
+        assert done.returncode == 0, done.stderr
+    first, second = (json.loads(d.stdout) for d in (no_deadline, deadline))
+    assert first["requests"] == 0 and first["errors_by_kind"] == {"unfinished (cancelled after --drain)": 3}
+    assert second["requests"] == 0 and second["errors_by_kind"] == {"after the window: DEADLINE_EXCEEDED": 3}
+    assert first["errors"] == second["errors"] == 3
+
+
+def test_output_is_valid_json_for_any_target(exe: Path, tmp_path: Path) -> None:
+    sock_dir = tmp_path / 'q"uote\\dir'
+    sock_dir.mkdir()
+    request = tmp_path / "request.bin"
+    request.write_bytes(b"x")
+    with _Server(lambda n: b"ok", unix_path=str(sock_dir / "s.sock")) as server:
+        result = _run(exe, 0, request, target=server.target, concurrency=1, threads=1, duration=0.3)
+    assert result["target"] == server.target and result["requests"] > 0, result
+
+
+def test_clients_connected_after_the_warm_up_are_refused(exe: Path, tmp_path: Path) -> None:
+    """A run whose window opened before its clients could connect measures nothing: an error, not a
+    report of 0 requests."""
+    import socket
+
+    request = tmp_path / "request.bin"
+    request.write_bytes(b"x")
+    with socket.socket() as s:  # a free port, for a server that starts only after the window opened
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(exe), "--target", f"127.0.0.1:{port}", "--method", PATH, "--request",
+                             str(request), "--concurrency", "2", "--duration", "0.3", "--warmup", "0.1",
+                             "--startup", "0", "--connect-timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        time.sleep(1.0)
+        with _Server(lambda n: b"ok", port=port):
+            out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and out == "", (out, err)
+    assert "after the warm-up had ended; raise --startup" in err, err
+
+
+def test_two_builds_at_once_both_get_a_working_binary(tmp_path: Path) -> None:
+    """bench_peers.py and bench_serving.py may build into the same directory at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: grpcload.ensure_built(tmp_path), range(2)))
+    assert built[0] == built[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [built[0].name]  # no temporary file left
+    done = subprocess.run([str(built[0]), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: grpc_loadgen")
