@@ -180,7 +180,7 @@ def _run_cpp(server: Server, request: Path, concurrency: int, duration: float, w
     assert CPP_EXE is not None
     cpu0 = server.cpu_seconds()
     r = grpcload.run(CPP_EXE, target=server.target, method=PREDICT, request=request, concurrency=concurrency,
-                     threads=max(1, min(procs, concurrency)), duration=duration, warmup=warmup, startup=0.5,
+                     threads=max(1, min(procs, concurrency)), duration=duration, warmup=warmup, startup=1.0,
                      timeout=60, tls=tls, server_name="localhost" if tls else None)
     result = {"requests": r["requests"], "errors": r["errors"] + r["warmup_errors"], "rps": r["rps"],
               "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "loadgen_cpu_us": r["loadgen_cpu_us_per_req"]}
