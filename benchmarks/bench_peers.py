@@ -164,6 +164,38 @@ def free_port() -> int:
 # --- processes -----------------------------------------------------------------------------------
 
 
+def connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
+    """Established TCP connections on local ``port`` held by each of ``pids`` (read from /proc): which
+    worker the kernel's SO_REUSEPORT hash gave the clients' connections to, the split that decides a
+    multi-worker round (docs/serving.md, "How the connections fall on the workers")."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                inodes.add(f[9])
+    out: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        n = 0
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            n += link.startswith("socket:[") and link[8:-1] in inodes
+        if n:
+            out[pid] = n
+    return out
+
+
 def _proc_table() -> dict[int, tuple[int, float]]:
     """pid -> (ppid, user+system CPU seconds) for every process (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -693,6 +725,8 @@ def measure(
         time.sleep(max(0.0, t_measure - time.time()))
         tree_a, (busy_a, tot_a) = ep.server.cpu_by_pid(), machine_busy()
         idle_a = sum(s.cpu_seconds() for s in idle)
+        port = int(re.search(r":(\d+)", ep.target.split("//")[-1]).group(1))
+        conns = sorted(connections_by_pid(port, list(tree_a)).values(), reverse=True)
         time.sleep(max(0.0, t_measure + args.duration - time.time()))
         tree_b, (busy_b, tot_b) = ep.server.cpu_by_pid(), machine_busy()
         idle_b = sum(s.cpu_seconds() for s in idle)
@@ -738,6 +772,7 @@ def measure(
         - sum(res["loadgen_cpu_pct_per_proc"])
         - res["idle_servers_cpu_pct"],
     )
+    res["server_conns_by_proc"] = conns
     res["server_alive"] = ep.server.proc.poll() is None
     if not res["server_alive"]:
         raise RuntimeError(
@@ -840,6 +875,7 @@ def summarize(eps: list[Endpoint], how: str = "median") -> dict[str, Any]:
                 "loadgen_cpu_pct_per_proc": m["loadgen_cpu_pct_per_proc"],
                 "loadgen_cpu_us_per_req": m["loadgen_cpu_us_per_req"],
                 "rps_rounds": [r["rps"] for r in ep.rounds],
+                "conns_by_proc_rounds": [r.get("server_conns_by_proc", []) for r in ep.rounds],
                 "p99_rounds": [r["p99_ms"] for r in ep.rounds],
             }
         )
@@ -929,10 +965,14 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, meta: dict[s
         print(
             "req/s per round: "
             + "; ".join(
-                f"{r['server']} {r['protocol']}: " + ", ".join(f"{x:.0f}" for x in r["rps_rounds"])
+                f"{r['server']} {r['protocol']}: " + ", ".join(
+                    f"{x:.0f}" + (f" ({'+'.join(map(str, c))})" if len(c) > 1 else "")
+                    for x, c in zip(r["rps_rounds"], r["conns_by_proc_rounds"])
+                )
                 for r in rows
             )
         )
+        print("(in parentheses: the client connections held by each serving process in that round)")
     print()
 
     def line(title: str, q: dict[str, Any]) -> str:
@@ -1185,6 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" ({'+'.join(f'{x:.0f}' for x in res['server_cpu_pct_by_proc'] if x >= 1.0) or '0'})"
                     f"  generator CPU {'/'.join(f'{x:.0f}' for x in res['loadgen_cpu_pct_per_proc'])}%"
                     f"  idle servers CPU {res['idle_servers_cpu_pct']:.0f}%  other CPU {res['other_cpu_pct']:.0f}%"
+                    f"  connections by proc {'+'.join(map(str, res['server_conns_by_proc'])) or '?'}"
                 )
         meta["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         check_answers(eps, inp, pys["kserve"])  # still serving, still right, after the load
