@@ -264,21 +264,21 @@ def run_cpp(args: argparse.Namespace) -> dict[str, Any]:
     """gRPC through ``grpc_loadgen`` (C++, benchmarks/grpcload; built by the caller, given as
     ``--cpp-exe``): the same closed loop, one channel per client, every status checked, at less than
     half the Python clients' CPU per call. --procs is its number of completion-queue threads."""
-    import subprocess
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: grpcload (stdlib only)
+    import grpcload
 
     if not args.cpp_exe:
         raise SystemExit("--tool cpp needs --cpp-exe (benchmarks/grpcload builds it)")
     if args.grpc_channels > 0:
         raise SystemExit("--grpc-channels is not supported with --tool cpp (one channel per client)")
-    argv = [args.cpp_exe, "--target", args.target, "--method", args.method, "--request", args.request,
-            "--concurrency", str(args.concurrency), "--threads", str(max(1, min(args.procs, args.concurrency))),
-            "--duration", f"{args.duration:g}", "--warmup", f"{args.warmup:g}", "--startup", f"{args.startup:g}",
-            "--timeout", f"{args.timeout:g}", "--t0", repr(args.t0 or time.time())]
-    out = subprocess.run(argv, check=False, capture_output=True, text=True,
-                         timeout=args.startup + args.warmup + args.duration + 5 + 90)  # --drain 5
-    if out.returncode != 0:
-        raise SystemExit(f"grpc_loadgen failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return grpcload.run(Path(args.cpp_exe), target=args.target, method=args.method,
+                            request=Path(args.request), concurrency=args.concurrency,
+                            threads=max(1, min(args.procs, args.concurrency)), duration=args.duration,
+                            warmup=args.warmup, startup=args.startup, t0=args.t0 or time.time(),
+                            timeout=args.timeout)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -150,30 +150,26 @@ def test_mutual_tls(exe: Path, tmp_path: Path) -> None:
     assert f"could not connect to 127.0.0.1:{server.port} within 2 s" in done.stderr, done.stderr
 
 
+#: valid arguments, to which each case below adds its bad one
+_ARGS = ["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--method", PATH, "--request", "REQ"], "--target, --method and --request are required"),
     (["--target", "127.0.0.1:1", "--method", "Call", "--request", "REQ"], "--method must be a path"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "MISSING"], "--request MISSING"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "0"],
-     "--concurrency: must be between 1 and 100000, got 0"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--duration", "ten"],
-     "--duration: not a number: ten"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--duration", "0"],
-     "--duration: must be > 0"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--cert", "c.pem"],
-     "--cert and --key go together"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--bogus", "1"], "unknown option --bogus"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--bogus"], "unknown option --bogus"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "2.5"],
-     "--concurrency: not a whole number: 2.5"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--concurrency", "1000000000"],
-     "--concurrency: must be between 1 and 100000"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--connect-timeout", "0"],
-     "--connect-timeout: must be > 0"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--startup", "-5"], "--startup: must be >= 0"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--timeout", "1e13"],
-     "--timeout: must be >= 0 and <= 1e6 seconds"),
-    (["--target", "127.0.0.1:1", "--method", PATH, "--request", "REQ", "--t0", "-1"], "--t0: not a positive epoch"),
+    ([*_ARGS, "--concurrency", "0"], "--concurrency: must be between 1 and 100000, got 0"),
+    ([*_ARGS, "--duration", "ten"], "--duration: not a number: ten"),
+    ([*_ARGS, "--duration", "0"], "--duration: must be > 0"),
+    ([*_ARGS, "--cert", "c.pem"], "--cert and --key go together"),
+    ([*_ARGS, "--bogus", "1"], "unknown option --bogus"),
+    ([*_ARGS, "--bogus"], "unknown option --bogus"),
+    ([*_ARGS, "--concurrency", "2.5"], "--concurrency: not a whole number: 2.5"),
+    ([*_ARGS, "--concurrency", "1000000000"], "--concurrency: must be between 1 and 100000"),
+    ([*_ARGS, "--connect-timeout", "0"], "--connect-timeout: must be > 0"),
+    ([*_ARGS, "--startup", "-5"], "--startup: must be >= 0"),
+    ([*_ARGS, "--timeout", "1e13"], "--timeout: must be >= 0 and <= 1e6 seconds"),
+    ([*_ARGS, "--t0", "-1"], "--t0: not a positive epoch"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request", "."], "--request .: not a regular file"),
     (["--target", "127.0.0.1:1", "--method", PATH, "--request"], "--request: needs a value"),
 ])
