@@ -348,7 +348,7 @@ def test_documents_parse_exactly_as_the_stdlib_reads_them(value: object) -> None
         b'{"inputs": [1], "inputs": [2]}',  # duplicate keys: the last wins
         b'{"inputs": ["a\tb"]}',  # a raw control character in a string
         b'{"inputs": [NaN, Infinity, -Infinity]}',
-        b'{"inputs": [1e400, -1e400, -0, -0.0, 1E-400]}',
+        b'{"inputs": [-0, -0.0, 1E-400, 1e308, 1' + b'0' * 300 + b'e-200]}',
         b'{"inputs": [18446744073709551615, 18446744073709551616, -9223372036854775809]}',
         b'{"inputs": ["\\ud800"]}',  # an escaped lone surrogate
         b'{"inputs": [1]} x',
@@ -378,7 +378,39 @@ def test_an_integer_too_long_to_convert_is_a_400_not_a_crash() -> None:
     with pytest.raises(ServingError) as info:
         parse_predict(b'{"inputs": [1' + b"0" * 5000 + b"]}")
     assert info.value.code is Code.INVALID_ARGUMENT
-    assert info.value.message == "JSON Parse error: Number too big to be stored in double."
+    assert info.value.message == "JSON Parse error: Number too big to be stored in double. at offset: 12"
+
+
+@pytest.mark.parametrize(
+    ("body", "offset"),
+    [
+        (b'{"inputs": [1e400]}', 12),
+        (b'{"inputs": [1.5, -1E+0400]}', 17),  # the sign belongs to the literal, as in rapidjson
+        (b'{"inputs": [NaN, 1.8e308]}', 17),  # the stdlib path (NaN) checks too
+        (b'{"inputs": [1' + b"0" * 400 + b"]}", 12),  # an integer beyond the double range
+        (b'{"k\\"1e999": 1, "inputs": [2, 3e999]}', 30),  # a literal inside a string is skipped
+    ],
+)
+def test_a_number_beyond_the_double_range_is_refused_as_rapidjson_does(body: bytes, offset: int) -> None:
+    # TF Serving parses with rapidjson, which stops at such a literal (kParseErrorNumberTooBig) rather
+    # than reading it as Infinity; only the NaN/Infinity tokens stand for infinities.
+    with pytest.raises(ServingError) as info:
+        parse_predict(body)
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert info.value.message == f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        (b'{"inputs": [1.7976931348623157e308, -1e-400, 1' + b"0" * 300 + b"e-299]}",
+         [1.7976931348623157e308, -0.0, 10.0]),
+        (b'{"inputs": [Infinity, -Infinity, 1e308]}', [math.inf, -math.inf, 1e308]),
+        (b'{"inputs": [1' + b"0" * 308 + b"]}", [10**308]),
+    ],
+)
+def test_numbers_at_the_edge_of_the_double_range_still_parse(body: bytes, want: list) -> None:
+    assert _codec.parse_json(body)["inputs"] == want
 
 
 _LEAF = (st.floats(allow_nan=True, allow_infinity=True) | st.floats(width=32)

@@ -15,7 +15,9 @@ values and come from the core: :func:`parse_predict` (JSON → document + signat
 Speed: a request is parsed by orjson; a document orjson refuses (the non-standard ``NaN``, ``Infinity``
 and ``-Infinity`` tokens, lone surrogates, malformed JSON) or one with an integer too long for 64 bits
 (orjson would read it as a float) goes to the stdlib's C scanner, which accepts the tokens and words the
-errors. Each numeric tensor is converted in a few numpy passes over
+errors; a number literal beyond the double range (``1e400``) is refused there with rapidjson's
+"Number too big to be stored in double." and its offset, as TF Serving does, rather than read as
+Infinity. Each numeric tensor is converted in a few numpy passes over
 the nested lists (an object array, the set of its leaf types, one cast). Only when that fast path
 cannot prove the value well-formed (ragged lists, wrong leaf types, out-of-range values) or the tensor
 holds strings does a per-leaf walk run, which also produces TF Serving's exact error message. Measured
@@ -159,8 +161,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise _bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     except UnicodeDecodeError as exc:  # before ValueError, of which it is a subclass
         raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+    except _NumberTooBig:
+        raise _bad(f"JSON Parse error: Number too big to be stored in double. at offset: "
+                   f"{_too_big_offset(body)}") from None
     except ValueError:  # an integer longer than Python converts (4300 digits): rapidjson's words
-        raise _bad("JSON Parse error: Number too big to be stored in double.") from None
+        raise _bad(f"JSON Parse error: Number too big to be stored in double. at offset: "
+                   f"{_too_big_offset(body)}") from None
     except RecursionError:
         raise _bad("JSON Parse error: The document is nested too deeply") from None
     if not isinstance(doc, dict):
@@ -198,7 +204,62 @@ def _loads(body: bytes) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass  # NaN/Infinity, a lone surrogate or an error: the stdlib accepts or words it
-    return json.loads(body.decode("utf-8"))  # UTF-8 only, as TF Serving (rapidjson)
+    text = body.decode("utf-8")  # UTF-8 only, as TF Serving (rapidjson)
+    if not _may_overflow_double(body):
+        return json.loads(text)
+    return json.loads(text, parse_float=_finite_float, parse_int=_double_sized_int)
+
+
+_DIGIT_TO_D_E = bytes.maketrans(b"0123456789E", b"d" * 10 + b"e")
+
+
+def _may_overflow_double(body: bytes) -> bool:
+    """Whether ``body`` may hold a number literal beyond the double range: a positive exponent of three
+    digits or more, or a run of 309 digits. Only then do the (Python-speed) overflow checks run; the
+    test is C-speed scans (a regex takes most of a parse's time on a float-heavy body)."""
+    t = body.translate(_DIGIT_TO_D_E)
+    return t.find(b"deddd") >= 0 or t.find(b"de+ddd") >= 0 or t.find(b"d" * _DOUBLE_MAX_DIGITS) >= 0
+
+
+class _NumberTooBig(ValueError):
+    """A number literal beyond the double range (``1e400``): rapidjson refuses it, so TF Serving does."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberTooBig
+    return value
+
+
+_DOUBLE_MAX_DIGITS = 309  # 1.8e308 has 309 digits before the point
+
+
+def _double_sized_int(text: str) -> int:
+    value = int(text)
+    if len(text) >= _DOUBLE_MAX_DIGITS and abs(value) > _DOUBLE_MAX_INT:
+        raise _NumberTooBig
+    return value
+
+
+_DOUBLE_MAX_INT = int(np.finfo(np.float64).max)
+# Strings (skipped whole) and number literals, in document order: the first literal beyond the double
+# range is where rapidjson stops, and its start is the offset TF Serving reports.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
+
+
+def _too_big_offset(body: bytes) -> int:
+    """Byte offset of the first number literal in ``body`` that does not fit a double (0 if none)."""
+    for m in _TOKEN.finditer(body):
+        tok = m.group()
+        if tok.startswith(b'"'):
+            continue
+        try:
+            if math.isinf(float(tok)):
+                return m.start()
+        except (OverflowError, ValueError):  # ValueError: an integer of over 4300 digits
+            return m.start()
+    return 0
 
 
 def _signature_name(doc: Mapping[str, Any]) -> str:
