@@ -492,3 +492,56 @@ def test_read_secret(tmp_path: Path) -> None:
         read_secret(policy, "model-key")
     with pytest.raises(UnknownSecret):
         read_secret(policy, "other")
+
+
+# ------------------------------------------------------------------ TDX configuration: attributes, XFAM
+
+TD_ATTRS = f"0x{TDX.quote.body.td_attributes:016x}"  # type: ignore[union-attr]  # 0x0000000010000000
+XFAM = f"0x{TDX.quote.body.xfam:016x}"  # type: ignore[union-attr]  # 0x00000000000602e7
+
+
+def tdx_policy(tmp_path: Path, extra: str) -> Path:
+    return write_policy(tmp_path, f'version = 1\n[secrets.k]\nfile = "wrap-key"\ntee = ["tdx"]\n'
+                                  f'[[secrets.k.tdx]]\nmr_td = "{MRTD}"\n{extra}\n')  # fmt: skip
+
+
+def test_tdx_attributes_and_xfam_pinned_to_the_real_tds_values_accept_it(tmp_path: Path) -> None:
+    p = tdx_policy(tmp_path, f'td_attributes = "{TD_ATTRS}"\nxfam = ["0x0000000000000003", "{XFAM}"]')
+    assert load_policy(p).evaluate(TDX, "k", now=E_TDX["now_secs"]).accepted
+
+
+def test_tdx_attributes_and_xfam_other_than_pinned_are_denied_with_both_values(tmp_path: Path) -> None:
+    # The same MRTD with AMX/AVX-512 state off (XFAM 0x3) and without PKS is another configuration.
+    p = tdx_policy(tmp_path, 'td_attributes = "0x0000000050000000"\nxfam = "0x0000000000000003"')
+    verdict = load_policy(p).evaluate(TDX, "k", now=E_TDX["now_secs"])
+    assert rules_of(verdict) == ["tdx.td_attributes", "tdx.xfam"]
+    attrs, xfam = verdict.violations
+    assert (attrs.expected, attrs.actual) == ("0x0000000050000000", TD_ATTRS)
+    assert (xfam.expected, xfam.actual) == ("0x0000000000000003", XFAM)
+
+
+def test_a_td_that_differs_only_in_an_attribute_bit_is_denied(tmp_path: Path) -> None:
+    body = dataclasses.replace(TDX.quote.body, td_attributes=TDX.quote.body.td_attributes | 1 << 30)  # type: ignore[union-attr,operator]
+    pks_td = dataclasses.replace(TDX, quote=dataclasses.replace(TDX.quote, body=body))
+    policy = load_policy(tdx_policy(tmp_path, f'td_attributes = "{TD_ATTRS}"'))
+    assert rules_of(policy.evaluate(pks_td, "k", now=E_TDX["now_secs"])) == ["tdx.td_attributes"]
+    # Without the field, the always-on rules (DEBUG, SEPT_VE_DISABLE) alone judge, and PKS passes.
+    unpinned = load_policy(tdx_policy(tmp_path, ""))
+    assert unpinned.evaluate(pks_td, "k", now=E_TDX["now_secs"]).accepted
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"0000000010000000"',  # no 0x: could be the quote's little-endian bytes as other tools print them
+        '"0x10000000"',  # not 16 digits
+        '"0x00000000100000000"',  # 17 digits
+        "268435456",  # a TOML integer
+        "[]",
+        '"0x000000001000000g"',
+    ],
+)
+def test_tdx_u64_fields_must_be_written_as_describe_prints_them(tmp_path: Path, value: str) -> None:
+    with pytest.raises(PolicyInvalid) as info:
+        load_policy(tdx_policy(tmp_path, f"xfam = {value}"))
+    assert "secrets.k.tdx[0].xfam" in str(info.value)

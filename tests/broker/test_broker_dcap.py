@@ -173,3 +173,20 @@ def test_cached_collateral_while_pccs_down_then_fail_closed(tmp_path: Path) -> N
     assert pccs.calls == 2
     d = decide_quote(quote, "k", policy=policy, collateral=source, now=coll.next_update + 10)
     assert not d.released and d.category == "collateral"  # expired and no fresh set: fail closed
+
+
+def test_a_real_td_released_or_denied_by_its_xfam_and_the_audit_record_shows_it(tmp_path: Path) -> None:
+    e = _entry("phala-tdx-v4")
+    quote = _quote(e)
+    b = parse_quote(quote).body
+    coll = FileCollateralSource(VECTORS / e["collateral_file"])
+    ident = f'mr_td = "{b.mr_td.hex()}"\ntd_attributes = "0x{b.td_attributes:016x}"\n'
+    ok = decide_quote(quote, "k", policy=_policy(tmp_path, ident + f'xfam = "0x{b.xfam:016x}"\n', tee="tdx",
+                                                 statuses=ALL_STATUSES), collateral=coll, now=e["now_secs"])
+    assert ok.released, ok.reason
+    denied = decide_quote(quote, "k", policy=_policy(tmp_path, ident + 'xfam = "0x0000000000000003"\n', tee="tdx",
+                                                     statuses=ALL_STATUSES), collateral=coll, now=e["now_secs"])
+    assert not denied.released and denied.rule == "tdx.xfam"
+    record = denied.audit_record("127.0.0.1:1")
+    assert record.measurements["xfam"] == f"0x{b.xfam:016x}" == "0x00000000000602e7"
+    assert "0x0000000000000003" in denied.reason

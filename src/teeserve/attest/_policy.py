@@ -88,9 +88,23 @@ class SgxIdentity:
 _TDX_FIELDS = ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_owner_config")
 
 
+_TDX_WORDS = ("td_attributes", "xfam")
+
+
+def _u64s(values: frozenset[int]) -> Any:
+    items = sorted(f"0x{v:016x}" for v in values)
+    return items[0] if len(items) == 1 else items
+
+
 @dataclass(frozen=True)
 class TdxIdentity:
-    """One accepted TD identity: ``mr_td`` always, the RTMRs and owner fields when set."""
+    """One accepted TD identity: ``mr_td`` always, the RTMRs and owner fields when set.
+
+    ``td_attributes`` and ``xfam`` (sets of accepted 64-bit values, compared whole) pin the TD's
+    configuration beyond its measurement: the same MRTD can run with PKS, key locker or PERFMON
+    enabled, or with a different set of extended CPU features (XFAM: AVX-512, AMX, ...), which the
+    always-on DEBUG and SEPT_VE_DISABLE rules do not cover (dcap-attestation.md §5.4, step 7).
+    """
 
     mr_td: frozenset[bytes]
     rtmr0: frozenset[bytes] | None = None
@@ -100,6 +114,8 @@ class TdxIdentity:
     mr_config_id: frozenset[bytes] | None = None
     mr_owner: frozenset[bytes] | None = None
     mr_owner_config: frozenset[bytes] | None = None
+    td_attributes: frozenset[int] | None = None
+    xfam: frozenset[int] | None = None
 
     def mismatches(self, td: TdReport, prefix: str = "tdx") -> list[PolicyViolation]:
         out = []
@@ -108,6 +124,11 @@ class TdxIdentity:
             actual = getattr(td, name)
             if accepted is not None and actual not in accepted:
                 out.append(PolicyViolation(f"{prefix}.{name}", _hexes(accepted), actual.hex()))
+        for name in _TDX_WORDS:
+            accepted = getattr(self, name)
+            actual = getattr(td, name)
+            if accepted is not None and actual not in accepted:
+                out.append(PolicyViolation(f"{prefix}.{name}", _u64s(accepted), f"0x{actual:016x}"))
         return out
 
 

@@ -125,10 +125,33 @@ def _sgx_identity(ctx: _Ctx, entry: Any, path: str) -> SgxIdentity:
     return ident
 
 
+_U64 = re.compile(r"\A0x[0-9a-fA-F]{16}\Z")
+
+
+def _u64_set(ctx: _Ctx, value: Any, key: str) -> frozenset[int]:
+    """A set of 64-bit register values, each written ``0x`` + 16 hex digits, as ``teeserve attest
+    describe`` prints them. The prefix is required: other tools print these fields as the quote's
+    little-endian bytes, and a value read in the wrong byte order must fail to load, not silently
+    deny every TD."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ctx.fail(key, "must not be an empty list")
+    out = set()
+    for item in items:
+        if not isinstance(item, str) or not _U64.match(item):
+            raise ctx.fail(key, "must be a 64-bit value written 0x followed by 16 hex digits, as "
+                                f"'teeserve attest describe' prints it (or a list of them), got {item!r}")
+        out.add(int(item, 16))
+    return frozenset(out)
+
+
 def _tdx_identity(ctx: _Ctx, entry: Any, path: str) -> TdxIdentity:
     fields = ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_owner_config")
-    t = ctx.keys(entry, path, fields, required=("mr_td",))
-    return TdxIdentity(**{k: _hex_set(ctx, t[k], _join(path, k), 48) for k in fields if k in t})
+    words = ("td_attributes", "xfam")
+    t = ctx.keys(entry, path, fields + words, required=("mr_td",))
+    ident = {k: _hex_set(ctx, t[k], _join(path, k), 48) for k in fields if k in t}
+    ident.update({k: _u64_set(ctx, t[k], _join(path, k)) for k in words if k in t})
+    return TdxIdentity(**ident)
 
 
 def _entries(ctx: _Ctx, value: Any, path: str) -> list[Any]:

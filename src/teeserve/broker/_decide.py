@@ -132,6 +132,7 @@ def measurements_of(quote: Quote, *, verified: bool) -> dict[str, Any]:
             rtmr2=body.rtmr2.hex(),
             rtmr3=body.rtmr3.hex(),
             td_attributes=",".join(body.td_attribute_names) or "none",
+            xfam=f"0x{body.xfam:016x}",
         )
     if quote.fmspc:
         out["fmspc"] = quote.fmspc
