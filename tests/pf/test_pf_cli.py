@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -354,3 +356,141 @@ def test_main_restores_the_signal_handlers_it_set(work: Path, capsys: pytest.Cap
     assert run(capsys, "keys", "new", "-o", "k")[0] == 0
     assert run(capsys, "keys", "new", "-o", "k")[0] == 1  # an error path too
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def cli(
+    work: Path, *argv: str | bytes, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m teeserve ARGV`` in ``work``, as a user runs it (bytes argv for non-UTF-8 names);
+    ``env`` sets variables over this one's, or unsets those given as None."""
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "teeserve", *argv], cwd=work, capture_output=True, timeout=120,
+        env={name: value for name, value in environ.items() if value is not None},
+    )
+
+
+def test_an_empty_host_prefix_is_a_usage_error(work: Path, key: Path) -> None:
+    """An empty --host-prefix (an unset shell variable) bound every file to /NAME, under the root."""
+    (work / "m.bin").write_bytes(b"model")
+    make_saved_model(work / "tree")
+    for src, out in (("m.bin", "e.bin"), ("tree", "enc")):
+        proc = cli(work, "encrypt", "-w", "wrap_key", "-i", src, "-o", out, "--host-prefix", "")
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and proc.stdout == b"", err
+        assert err.startswith("teeserve: error: --host-prefix: empty") and "root directory" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert not (work / out).exists()
+    with pytest.raises(ValueError, match="host_prefix must not be empty"):
+        pf.encrypt_tree(work / "tree", work / "enc", key.read_bytes(), host_prefix="")
+    assert not (work / "enc").exists()
+    # a relative prefix is not refused: it stays relative, for a mount whose uri is relative
+    proc = cli(work, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "e.bin", "--host-prefix", "./enc/")
+    assert proc.returncode == 0 and proc.stdout == b"e.bin\tbound to enc/e.bin\n", proc.stderr
+
+
+def _tamper_last(enc: Path) -> None:
+    """Corrupt the tree's file that sorts last, so the run fails after writing the others."""
+    victim = enc / "variables" / "variables.index"
+    blob = bytearray(victim.read_bytes())
+    blob[100] ^= 1
+    victim.write_bytes(blob)
+
+
+@pytest.mark.parametrize("direction", ["decrypt", "encrypt"])
+def test_a_failed_tree_into_new_nested_directories_removes_them(
+    work: Path, key: Path, direction: str
+) -> None:
+    """The output's last directory cannot be made (its name is too long) after its parents were:
+    those parents, made by this run, go too; the user's directory and file above them stay."""
+    make_saved_model(work / "plain")
+    pf.encrypt_tree(work / "plain", work / "enc", key.read_bytes())
+    (work / "mine").mkdir()
+    (work / "mine" / "notes.txt").write_bytes(b"keep")
+    out = "mine/new/nested/" + "n" * 300
+    extra = ["--host-prefix", "/models"] if direction == "encrypt" else []  # short bound paths
+    source = "enc" if direction == "decrypt" else "plain"
+    proc = cli(work, direction, "-w", "wrap_key", "-i", source, "-o", out, *extra)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "File name too long" in err and "Traceback" not in err, err
+    assert sorted(os.listdir(work / "mine")) == ["notes.txt"]
+    assert (work / "mine" / "notes.txt").read_bytes() == b"keep"
+
+
+@pytest.mark.timeout(60)  # (the encrypt case's FIFO must be refused, not opened)
+@pytest.mark.parametrize("direction", ["decrypt", "encrypt"])
+def test_a_failed_tree_never_removes_a_directory_it_did_not_make(
+    work: Path, key: Path, direction: str
+) -> None:
+    """``gone/../kept/out`` names the existing (empty) ``kept`` through a directory that does not
+    exist yet: the run makes ``gone`` and ``kept/out`` and, when it fails, removes those two only."""
+    make_saved_model(work / "plain")
+    pf.encrypt_tree(work / "plain", work / "enc", key.read_bytes())
+    if direction == "decrypt":
+        _tamper_last(work / "enc")
+    else:
+        (work / "plain" / "variables" / "variables.index").unlink()
+        os.mkfifo(work / "plain" / "variables" / "variables.index")  # refused when its turn comes
+    (work / "kept").mkdir()
+    source = "enc" if direction == "decrypt" else "plain"
+    proc = cli(work, direction, "-w", "wrap_key", "-i", source, "-o", "gone/../kept/out")
+    assert proc.returncode == 1 and b"variables.index" in proc.stderr, proc.stderr
+    assert (work / "kept").is_dir() and os.listdir(work / "kept") == []
+    assert not (work / "gone").exists()
+
+
+def test_a_failed_file_into_new_nested_directories_removes_them(work: Path, key: Path) -> None:
+    """One file, too: a decrypt that fails mid-file (a tampered data node) or an encrypt whose output
+    cannot be created leaves no directory it made for its output."""
+    (work / "m.bin").write_bytes(os.urandom(3072 + 10 * 4096))
+    pf.encrypt_file(work / "m.bin", work / "e.bin", key.read_bytes())
+    blob = bytearray((work / "e.bin").read_bytes())
+    blob[5 * 4096 + 100] ^= 1  # found after the first data nodes were written out
+    (work / "bad.bin").write_bytes(blob)
+    proc = cli(work, "decrypt", "-w", "wrap_key", "-i", "bad.bin", "-o", "new/nested/plain")
+    assert proc.returncode == 1 and b"physical node 5" in proc.stderr, proc.stderr
+    assert not (work / "new").exists()
+    proc = cli(work, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "new/nested/" + "n" * 300,
+               "--host-prefix", "/models")
+    assert proc.returncode == 1 and b"File name too long" in proc.stderr, proc.stderr
+    assert not (work / "new").exists()
+    assert pf.decrypt_file(work / "e.bin", work / "new" / "nested" / "plain", key.read_bytes()) is None
+    assert (work / "new" / "nested" / "plain").read_bytes() == (work / "m.bin").read_bytes()  # made, kept
+
+
+@pytest.mark.parametrize("encoding", ["utf-8:strict", "ascii:strict"])
+def test_a_non_utf8_file_name_prints_escaped_on_a_strict_stdout(work: Path, key: Path, encoding: str) -> None:
+    """A file name with byte 0xff cannot be encoded by a strict stdout: the result lines show it as
+    ``\\xff`` and the command succeeds (it used to end in an internal error after writing the files)."""
+    os.mkdir(b"plain")
+    with open(b"plain/f\xff.bin", "wb") as fh:
+        fh.write(b"weights")
+    env = {"PYTHONIOENCODING": encoding}
+    runs = [
+        (["encrypt", "-w", "wrap_key", "-i", b"plain/f\xff.bin", "-o", b"e\xff.bin"],
+         b"e\\xff.bin\tbound to e\\xff.bin\n"),
+        (["decrypt", "-w", "wrap_key", "-i", b"e\xff.bin", "-o", b"d\xff", "--verify-path"],
+         b"d\\xff\tdecrypted from e\\xff.bin (path e\\xff.bin verified)\n"),
+        (["encrypt", "-w", "wrap_key", "-i", "plain", "-o", "enc"],
+         b"enc/f\\xff.bin\tbound to enc/f\\xff.bin\nencrypted 1 files into enc (format version 1)\n"),
+        (["decrypt", "-w", "wrap_key", "-i", "enc", "-o", "dec"],
+         b"dec/f\\xff.bin\tstored path enc/f\\xff.bin\ndecrypted 1 files into dec\n"),
+        (["keys", "new", "-o", b"k\xff"], b"wrote a new raw 16-byte wrap key to k\\xff (mode 0600)\n"),
+    ]
+    for argv, expected in runs:
+        proc = cli(work, *argv, env=env)
+        assert (proc.returncode, proc.stderr, proc.stdout) == (0, b"", expected), argv
+    assert open(b"d\xff", "rb").read() == b"weights"
+    assert open(b"dec/f\xff.bin", "rb").read() == b"weights"
+
+
+def test_a_non_utf8_file_name_keeps_its_bytes_where_stdout_takes_them(work: Path, key: Path) -> None:
+    """Under a UTF-8 or C locale Python's stdout writes a name's undecodable bytes as they are
+    (surrogateescape): the line then names the real file, for scripts, and is not escaped."""
+    os.mkdir(b"plain")
+    with open(b"plain/f\xff.bin", "wb") as fh:
+        fh.write(b"weights")
+    proc = cli(work, "encrypt", "-w", "wrap_key", "-i", "plain", "-o", "enc",
+               env={"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": None})
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert proc.stdout.splitlines()[0] == b"enc/f\xff.bin\tbound to enc/f\xff.bin"

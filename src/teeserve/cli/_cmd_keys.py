@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._output import echo
+
 ORDER = 10
 
 _DESCRIPTION = """\
@@ -19,7 +21,7 @@ def _new(args: argparse.Namespace) -> int:
     from teeserve import pf
 
     pf.write_wrap_key(args.output, pf.new_wrap_key(), force=args.force, hex=args.hex)
-    print(f"wrote a new {'hex' if args.hex else 'raw 16-byte'} wrap key to {args.output} (mode 0600)")
+    echo(f"wrote a new {'hex' if args.hex else 'raw 16-byte'} wrap key to {args.output} (mode 0600)")
     return 0
 
 
@@ -28,7 +30,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     key = pf.load_wrap_key(args.input)
     pf.write_wrap_key(args.output, key, force=args.force, hex=args.to == "hex")
-    print(f"wrote the wrap key of {args.input} to {args.output} in {args.to} form (mode 0600)")
+    echo(f"wrote the wrap key of {args.input} to {args.output} in {args.to} form (mode 0600)")
     return 0
 
 

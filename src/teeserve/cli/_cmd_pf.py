@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ._output import echo
+
 ORDER = 20
 
 _ENCRYPT_DESCRIPTION = """\
@@ -18,7 +20,9 @@ Each file is bound to the path Gramine will check when it opens it: the normaliz
 the file under its encrypted mount's uri. By default that is the output path as typed (-o OUT for a
 file, OUT/relpath for a tree), so run this from the directory the enclave will run in, with -o the
 path the manifest's encrypted mount uses. If the files will be mounted from elsewhere, give that
-location with --host-prefix (file: PREFIX/basename(OUT); tree: PREFIX/relpath).
+location with --host-prefix (file: PREFIX/basename(OUT); tree: PREFIX/relpath). PREFIX must not be
+empty (that would bind to /NAME, the root directory); a relative PREFIX stays relative, for a mount
+whose uri is relative (file:enc/), so give an absolute one for files mounted by absolute path.
 
 Format version 1 (the default) is readable by every Gramine release; version 2 only by v1.9+.
 
@@ -59,9 +63,23 @@ def _tree_bytes(root: str) -> int:
     return total
 
 
+def _check_host_prefix(prefix: str | None) -> None:
+    """An empty prefix (often an unset shell variable) would bind every file to /NAME, under the
+    root directory, where no mount puts it; a relative one is kept, as Gramine binds relative uris."""
+    from teeserve._errors import UsageError
+
+    if prefix is not None and not prefix:
+        raise UsageError(
+            "--host-prefix: empty; it must name the host directory the files will be mounted from "
+            "(an empty prefix would bind them to /NAME, the root directory); leave it out to bind "
+            "to the output path"
+        )
+
+
 def _encrypt(args: argparse.Namespace) -> int:
     from teeserve import pf
 
+    _check_host_prefix(args.host_prefix)
     key = pf.load_wrap_key(args.wrap_key)
     if os.path.isdir(args.input):
         with _progress(_tree_bytes(args.input), "encrypt") as progress:
@@ -70,8 +88,8 @@ def _encrypt(args: argparse.Namespace) -> int:
                 format_version=args.format_version, overwrite=args.force, progress=progress,
             )
         for out, bound in written:
-            print(f"{out}\tbound to {bound}")
-        print(f"encrypted {len(written)} files into {args.output} (format version {args.format_version})")
+            echo(f"{out}\tbound to {bound}")
+        echo(f"encrypted {len(written)} files into {args.output} (format version {args.format_version})")
         return 0
     bound_path = None
     if args.host_prefix is not None:
@@ -82,7 +100,7 @@ def _encrypt(args: argparse.Namespace) -> int:
             args.input, args.output, key, bound_path=bound_path,
             format_version=args.format_version, overwrite=args.force, progress=progress,
         )
-    print(f"{args.output}\tbound to {bound}")
+    echo(f"{args.output}\tbound to {bound}")
     return 0
 
 
@@ -102,8 +120,8 @@ def _decrypt(args: argparse.Namespace) -> int:
                 overwrite=args.force, progress=progress,
             )
         for out, stored in written:
-            print(f"{out}\tstored path {stored}")
-        print(f"decrypted {len(written)} files into {args.output}")
+            echo(f"{out}\tstored path {stored}")
+        echo(f"decrypted {len(written)} files into {args.output}")
         return 0
     expected = None
     if args.verify_path:
@@ -117,7 +135,7 @@ def _decrypt(args: argparse.Namespace) -> int:
             progress=progress,
         )
     verified = f" (path {expected} verified)" if expected else ""
-    print(f"{args.output}\tdecrypted from {args.input}{verified}")
+    echo(f"{args.output}\tdecrypted from {args.input}{verified}")
     return 0
 
 
@@ -137,7 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     enc.add_argument(
         "--host-prefix", metavar="PREFIX",
-        help="host directory the files will be mounted from, if not the output location",
+        help="host directory the files will be mounted from, if not the output location "
+        "(not empty; relative stays relative)",
     )
     enc.add_argument("--force", action="store_true", help="overwrite existing output files")
     enc.set_defaults(func=_encrypt)

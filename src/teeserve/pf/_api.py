@@ -8,6 +8,7 @@ key, a tampered node or Ctrl-C never leaves a partial output file; decrypted out
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -119,6 +120,7 @@ def encrypt_file(
     """Encrypt file ``src`` to ``dst``; returns the bound path (default: ``normalize_path(dst)``).
 
     Streams node by node in constant memory. ``progress(n)`` is called with plaintext bytes done.
+    A failure leaves neither ``dst`` nor the directories made for it.
 
     Raises:
         PathTooLong, SourceChanged, ProtectedFileError (unreadable input), OutputExists.
@@ -137,7 +139,7 @@ def _encrypt_one(src: PathLike, dst: PathLike, key: bytes, bound_path: str | Non
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ProtectedFileError(source, "is not a regular file")
-        with (_io_errors(src, dst),
+        with (_io_errors(src, dst), contextlib.nullcontext() if stage is not None else _output_dirs(dst),
               atomic_output(dst, mode=PUBLIC_MODE, overwrite=overwrite, stage=stage) as out):
             write_protected(
                 fh, st.st_size, out, key, raw, version=format_version, progress=progress, source=source
@@ -158,10 +160,12 @@ def decrypt_file(
 ) -> None:
     """Decrypt protected file ``src`` to ``dst`` (mode 0600), verifying every node first.
 
-    ``dst`` appears only if the whole file authenticated. Raises what :func:`open_reader` and ``Reader.read`` raise, and OutputExists.
+    ``dst`` appears only if the whole file authenticated, and so do the directories made for it.
+    Raises what :func:`open_reader` and ``Reader.read`` raise, and OutputExists.
     """
     with open_reader(src, key, expected_path=expected_path) as reader:
-        with _io_errors(src, dst), atomic_output(dst, mode=SECRET_MODE, overwrite=overwrite) as out:
+        with (_io_errors(src, dst), _output_dirs(dst),
+              atomic_output(dst, mode=SECRET_MODE, overwrite=overwrite) as out):
             reader.copy_to(out, progress)
 
 
@@ -193,10 +197,56 @@ def _tree_plan(src_dir: PathLike, dst_dir: PathLike, overwrite: bool) -> tuple[l
     return dirs, files
 
 
+def _make_dirs(path: Path, made: list[Path]) -> None:
+    """``mkdir -p path``, appending each directory it creates to ``made`` (parents first) as soon as
+    it exists. What counts is which ``mkdir`` succeeded, not which names were missing beforehand: a
+    path through ``..`` or a link (``gone/../kept/out``) names directories that already exist, and
+    an undo must never remove those."""
+    pending, retried = [path], set[Path]()
+    while pending:
+        here = pending[-1]
+        try:
+            os.mkdir(here)
+        except FileNotFoundError:
+            if here in retried or here.parent == here:  # its parent exists now, or cannot be made
+                raise
+            retried.add(here)
+            pending.append(here.parent)
+            continue
+        except FileExistsError:
+            if not here.is_dir():  # a file in the way: say so, as opening a path through it would
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(here)) from None
+        else:
+            made.append(here)
+        pending.pop()
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Remove the directories a failed run made, deepest first; one that is not empty (something
+    else was put there meanwhile) is kept, and so are its parents."""
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    made.clear()
+
+
+@contextlib.contextmanager
+def _output_dirs(dst: PathLike) -> Iterator[None]:
+    """The missing parent directories of one output file: made here, and removed again if the
+    output fails, so a failed run into ``new/nested/file`` leaves no ``new/`` behind."""
+    made: list[Path] = []
+    try:
+        _make_dirs(Path(dst).parent, made)
+        yield
+    except BaseException:
+        _remove_dirs(made)
+        raise
+
+
 class _TreeOutput:
     """A tree operation's output, all or nothing: its files are staged (:class:`teeserve._io.Staging`)
     and put in place by :meth:`commit` once every one is written; :meth:`undo` drops them and removes the
-    directories the operation created."""
+    directories the operation created (only those: see :func:`_make_dirs`)."""
 
     def __init__(self, src: Path, dst: Path) -> None:
         self.src, self.dst = src, dst
@@ -206,9 +256,7 @@ class _TreeOutput:
     def make_dirs(self, dirs: list[Path]) -> None:
         with _io_errors(self.src, self.dst):
             for path in [self.dst, *(self.dst / rel for rel in dirs)]:
-                missing = [p for p in [path, *path.parents] if not p.exists()]
-                path.mkdir(parents=True, exist_ok=True)
-                self.created_dirs.extend(reversed(missing))
+                _make_dirs(path, self.created_dirs)
 
     def commit(self) -> None:
         with _io_errors(self.src, self.dst):
@@ -216,11 +264,7 @@ class _TreeOutput:
 
     def undo(self) -> None:
         self.stage.discard()
-        for d in reversed(self.created_dirs):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        _remove_dirs(self.created_dirs)
 
 
 def encrypt_tree(
@@ -236,8 +280,10 @@ def encrypt_tree(
     """Encrypt every file under ``src_dir`` into the same layout under ``dst_dir``.
 
     Each file is bound to ``normalize_path(PREFIX/relpath)`` where PREFIX is ``host_prefix`` or, by
-    default, ``dst_dir`` as given. All or nothing: on any failure the files and directories this call
-    created are removed. Returns ``[(output file, bound path), ...]`` in sorted order.
+    default, ``dst_dir`` as given; an empty ``host_prefix`` is a ``ValueError`` (it would bind to
+    ``/relpath``), a relative one stays relative (Gramine binds relative mount uris as they are).
+    All or nothing: on any failure the files and directories this call created are removed.
+    Returns ``[(output file, bound path), ...]`` in sorted order.
 
     Raises:
         OutputExists (checked for every file before anything is written), PathTooLong, and what
@@ -245,6 +291,9 @@ def encrypt_tree(
     """
     key = check_key(key)
     _check_version(format_version)
+    if host_prefix == "":
+        raise ValueError("host_prefix must not be empty: it would bind every file to /relpath (give None "
+                         "to bind to dst_dir)")
     dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
     src, dst = Path(src_dir), Path(dst_dir)
     prefix = os.fspath(dst_dir) if host_prefix is None else host_prefix
