@@ -494,3 +494,23 @@ def test_a_non_utf8_file_name_keeps_its_bytes_where_stdout_takes_them(work: Path
                env={"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": None})
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     assert proc.stdout.splitlines()[0] == b"enc/f\xff.bin\tbound to enc/f\xff.bin"
+
+
+def test_a_directory_that_cannot_be_listed_fails_the_tree_run(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # os.walk skips such a directory by default: the run would succeed with the variables left out.
+    # (The tests run as root, for whom mode 000 does not stop a listing, so the refusal is injected.)
+    make_saved_model(work / "model")
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path).endswith("variables"):  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "model", "-o", "enc")
+    assert code == 1 and out == ""
+    assert "model/variables" in err and "cannot list: Permission denied" in err and "Traceback" not in err
+    assert not (work / "enc").exists()

@@ -170,8 +170,15 @@ def decrypt_file(
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
-    """(relative path, is_dir) of everything under ``root``, sorted; symlinked files are followed."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """(relative path, is_dir) of everything under ``root``, sorted; symlinked files are followed.
+
+    A directory that cannot be listed is an error, not skipped (``os.walk``'s default): a tree run
+    that silently left a model's files out would ship a model that fails only when it is served."""
+
+    def unreadable(exc: OSError) -> None:
+        raise ProtectedFileError(os.fspath(exc.filename or root), f"cannot list: {exc.strerror or exc}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         here = Path(dirpath)
         for name in dirnames:
