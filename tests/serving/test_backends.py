@@ -229,3 +229,29 @@ def test_thread_flags_reach_tensorflow(saved_model_dir: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 3, 2]
+
+
+def test_a_warmup_stops_between_runs_when_the_server_stops(onnx_model_dir: Path) -> None:
+    """``should_stop`` is asked before every run (a stopping server abandons a long warmup): once it
+    says yes, no further run starts and the warmup fails with CANCELLED."""
+    from teeserve.serving._warmup import run_warmup
+    from teeserve.serving.backends._onnx import OnnxServable
+
+    class Counting(OnnxServable):
+        runs = 0
+
+        def run(self, signature_name: str, inputs: Any, output_aliases: Any) -> Any:
+            type(self).runs += 1
+            return super().run(signature_name, inputs, output_aliases)
+
+    import onnxruntime as ort
+
+    servable = Counting(ort.InferenceSession(str(onnx_model_dir / "1" / "model.onnx"),
+                                             providers=["CPUExecutionProvider"]))
+    data = write_tfrecords([_predict_log({"images": np.zeros((1, 8, 8), np.float32)})] * 3)
+    with pytest.raises(LoadError) as e:
+        run_warmup(servable, data, "warmup", 4, should_stop=lambda: Counting.runs >= 5)
+    assert e.value.code == Code.CANCELLED and "the server is stopping" in e.value.message
+    assert Counting.runs == 5
+    Counting.runs = 0
+    assert run_warmup(servable, data, "warmup", 4, should_stop=lambda: False) == 3 and Counting.runs == 12

@@ -82,6 +82,27 @@ def steps_for(seconds: float, slow_model_dir: Path) -> int:
     return int(seconds / per_step)
 
 
+def write_slow_loading_model(base: Path, record_seconds: float, records: int) -> Path:
+    """Version 1 of the slow model under ``base``, with a warmup file of ``records`` Predicts of
+    about ``record_seconds`` each: a version that stays LOADING for about ``records *
+    record_seconds`` (the warmup runs before it is AVAILABLE; a server that stops interrupts it
+    between two records, not within one). Returns ``base``."""
+    from teeserve._proto import pb
+    from teeserve.serving._tensors import ndarray_to_tensor_proto
+    from teeserve.serving._warmup import WARMUP_FILE, write_tfrecords
+
+    write_slow_model(base / "1")
+    log = pb.PredictionLog()
+    req = log.predict_log.request
+    req.inputs["x"].CopyFrom(ndarray_to_tensor_proto(np.zeros(1, np.float32)))
+    steps = max(1, steps_for(record_seconds, base))
+    req.inputs["n"].CopyFrom(ndarray_to_tensor_proto(np.array([steps], np.int64)))
+    warmup = base / "1" / WARMUP_FILE
+    warmup.parent.mkdir(parents=True, exist_ok=True)
+    warmup.write_bytes(write_tfrecords([log.SerializeToString()] * records))
+    return base
+
+
 def wait_serving(ch: grpc.Channel, proc: subprocess.Popen[bytes], log: Callable[[], str], timeout: float = 90) -> None:
     """Poll gRPC health over ``ch`` until the server says SERVING; fail with ``log()`` if ``proc`` exits
     first or the time runs out."""

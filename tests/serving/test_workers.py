@@ -47,7 +47,8 @@ from teeserve._errors import UsageError
 from teeserve.serving._flags import parse_serve_args, usable_cpus
 
 # The real-process helpers of the single-process server tests (same folder).
-from test_server import ServerProcess, _slow_request, free_port, steps_for, write_slow_model
+from test_server import (ServerProcess, _slow_request, free_port, steps_for, write_slow_loading_model,
+                         write_slow_model)
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 WORKER_STARTED = "worker {} started"
@@ -863,6 +864,53 @@ def test_group_signal_while_workers_start_is_a_clean_stop(tmp_path: Path, onnx_m
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text and "did not exit cleanly" not in text, text
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/PID/stat``, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def slow_loading_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Models that take a minute to load (their warmup): in 300 runs of 0.2 s, which a stop
+    interrupts between two runs, or in one run of 60 s, which no stop can interrupt."""
+    root = tmp_path_factory.mktemp("slow-loading")
+    return {"short runs": write_slow_loading_model(root / "short" / "slow", 0.2, 300),
+            "one long run": write_slow_loading_model(root / "long" / "slow", 60.0, 1)}
+
+
+@pytest.mark.parametrize("workers, warmup", [(2, "short runs"), (2, "one long run"), (1, "short runs")])
+def test_sigterm_while_the_models_load_is_a_clean_stop(tmp_path: Path, slow_loading_dirs: dict[str, Path],
+                                                       workers: int, warmup: str) -> None:
+    """SIGTERM to the supervisor and its group (as timeout(1) sends it) while every worker is still
+    loading. Workers ignore the signal itself, and used to ignore the supervisor's "drain" too until
+    their models were in: here a minute, so the supervisor killed them after --drain-timeout + 10 s
+    and exited 1. Now the drain abandons the loads (a run in progress cannot be interrupted, and the
+    drain timeout bounds the wait for it): exit 0, nothing loaded, no traceback."""
+    with _own_session_server(tmp_path, slow_loading_dirs[warmup], f"--workers={workers}", "--drain-timeout=2",
+                             name="slow") as (proc, log):
+        # The TLS warning comes right before the models load; the warmup then keeps the process
+        # busy on a core (the load itself takes milliseconds): once each worker has spent half a
+        # second of CPU after the warning, it is inside its warmup (a minute long).
+        wait_for(lambda: proc.poll() is not None or sum(m.startswith("NO TLS") for m in _messages(log)) == workers,
+                 "every worker loading", timeout=60)
+        assert proc.poll() is None, log.read_text()
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        pids = list(worker_pids(recs).values()) if workers > 1 else [proc.pid]
+        cpu = {pid: _cpu_seconds(pid) for pid in pids}
+        wait_for(lambda: all(_cpu_seconds(pid) - cpu[pid] >= 0.5 for pid in pids),
+                 "every worker in its warmup", timeout=60)
+        os.kill(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "did not exit cleanly" not in text and "killed" not in text, text
+    messages = _messages(log)
+    assert not any("is AVAILABLE" in m or m.startswith("warmed up") for m in messages), text  # never finished
+    assert messages[-1] == "stopped", text
 
 
 def test_stop_while_a_worker_waits_for_its_restart_exits_0(tmp_path: Path, onnx_model_dir: Path) -> None:

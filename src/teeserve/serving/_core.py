@@ -9,7 +9,8 @@ Construction (for the server assembly)::
     await core.start()    # initial load (raises ServingError, e.g. a label on an unavailable version)
     ...
     await core.reload_config(model_server_config)   # HandleReloadConfigRequest; ServingError on bad config
-    await core.stop()     # stop polling, drain in-flight requests, unload, shut the thread pools
+    core.begin_stop()     # a drain began: reloads refused (UNAVAILABLE), loads in progress abandoned
+    await core.stop()     # the same, then end a reload in progress, drain in-flight requests, unload all
 
 Every method is called on the event loop thread (the one that ran ``start``), except
 ``predict_blocking``, which is called from worker threads and never on the loop. ``from_flags`` reads
@@ -106,6 +107,10 @@ log = logging.getLogger("teeserve.serving")
 MAX_BATCH_QUEUES = 64
 
 
+def _stopping_error() -> ServingError:
+    return ServingError(Code.UNAVAILABLE, "server is stopping: the model config was not reloaded")
+
+
 def _check_ref(ref: ModelRef) -> None:
     if not ref.name:
         raise ServingError(Code.INVALID_ARGUMENT, "ModelSpec has no name specified.")
@@ -138,6 +143,10 @@ class ServingCore:
             self._scheduler = BatchScheduler(self.options.batching or BatchingOptions(), self._pool.submit,
                                              on_batch=self._record_batch)
         self._reload_lock: asyncio.Lock | None = None
+        #: Managers that a reload in progress made, replaced or removed and that are not (or no
+        #: longer) in ``_models``: stop() must close them too, or they outlive the server.
+        self._unpublished: set[ModelManager] = set()
+        self._stopping = False
         self._started = False
         self._initial_loaded = False
         self._config_file = config_file
@@ -217,17 +226,50 @@ class ServingCore:
         if self._config_file and self._config_poll > 0:
             self._config_task = asyncio.get_running_loop().create_task(self._poll_config_file())
 
+    def begin_stop(self) -> None:
+        """The server is stopping (a drain has begun): reloads are refused from now on (UNAVAILABLE),
+        and loads in progress, a reload's among them, are abandoned rather than waited for; what
+        serves keeps serving in-flight requests until :meth:`stop`."""
+        self._stopping = True
+        for m in self._managers():
+            m.stop_loading()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`begin_stop` or :meth:`stop` ran: a failed load or reload is then no error."""
+        return self._stopping
+
+    def _managers(self) -> list[ModelManager]:
+        """Every manager not closed yet: the published ones and those of a reload in progress."""
+        return list({id(m): m for m in (*self._models.values(), *self._unpublished)}.values())
+
     async def stop(self) -> None:
-        if self._config_task is not None:
-            self._config_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._config_task
-        managers, self._models = list(self._models.values()), {}
+        """Stop polling, end a reload in progress (its loads are abandoned; it then fails with
+        UNAVAILABLE), unload every model, shut the thread pools: when this returns, no manager or
+        servable of this core is left, whichever reload made it."""
+        self.begin_stop()
+        if self._reload_lock is not None:
+            async with self._reload_lock:  # a reload in progress has ended (it found _stopping)
+                await self._stop_config_poll()
+        else:
+            await self._stop_config_poll()
+        managers = self._managers()
+        self._models, self._unpublished = {}, set()
         await asyncio.gather(*(m.close() for m in managers))
         self._started = False
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._pool.shutdown)
+        # Waits for loading threads still running (abandoned loads close their servables there).
         await loop.run_in_executor(None, self._load_executor.shutdown)
+
+    async def _stop_config_poll(self) -> None:
+        """Cancel the --model_config_file poller; called with the reload lock held, so it is never
+        cut off halfway through a reload."""
+        if self._config_task is not None:
+            self._config_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._config_task
+            self._config_task = None
 
     def is_ready(self) -> bool:
         return (self._started and self._initial_loaded and bool(self._models)
@@ -260,8 +302,11 @@ class ServingCore:
     async def _apply(self, configs: list[ModelConfig]) -> None:
         assert self._reload_lock is not None, "call start() first"
         async with self._reload_lock:
+            if self._stopping:
+                raise _stopping_error()
             wanted = {c.name: c for c in configs}
             removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
+            self._unpublished.update(removed)
             replaced: list[ModelManager] = []
             fresh: dict[str, ModelManager] = {}
             for c in configs:
@@ -274,9 +319,14 @@ class ServingCore:
                                                  on_load=self._record_load, on_warmup=METRICS.record_warmup)
                     if old is not None:
                         replaced.append(old)  # keeps serving until its successor has loaded
+                        self._unpublished.add(fresh[c.name])
                     else:
                         self._models[c.name] = fresh[c.name]  # visible (LOADING) in model_status
             await asyncio.gather(*(m.sync() for m in fresh.values()))
+            if self._stopping:
+                # stop() began meanwhile and abandoned the loads: nothing is swapped in; stop() closes
+                # every manager, those this reload made (held in _unpublished) too.
+                raise _stopping_error()
             error: ServingError | None = None
             for name, m in fresh.items():
                 err = m.check_labels(wanted[name].version_labels,
@@ -286,8 +336,11 @@ class ServingCore:
                 else:
                     error = error or err
                 self._models[name] = m
+                self._unpublished.discard(m)
                 m.start_polling()
+            self._unpublished.update(replaced)  # out of _models now, until closed
             await asyncio.gather(*(m.close() for m in removed + replaced))
+            self._unpublished.difference_update(removed + replaced)
             if error is not None:
                 raise error
 
@@ -304,6 +357,8 @@ class ServingCore:
                 configs = read_model_config_file(self._config_file, self.keyring, self.options.path_map)
                 await self._apply(configs)
             except (ConfigError, ServingError, OSError) as exc:
+                if self._stopping:
+                    return  # cut short by stop(): not a failure of the file
                 log.error("reloading %s failed: %s", self._config_file, exc)
 
     # -- requests -------------------------------------------------------------------------------

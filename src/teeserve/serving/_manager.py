@@ -13,12 +13,16 @@ Strategy (TensorFlow Serving's "aspired versions" with its availability-preservi
 - Loading (file reads, decryption, session creation, warmup) runs in a worker thread. Failures are
   retried ``max_num_load_retries`` times, ``load_retry_interval_seconds`` apart, except permanent
   ones (a protected file that fails authentication, an invalid model): a retry cannot change them.
+- When the server stops (:meth:`ModelManager.stop_loading`, :meth:`ModelManager.close`) loads in
+  progress are abandoned rather than waited for: a warmup stops between its runs, and a servable
+  that a loading thread still delivers is closed as it arrives (a thread cannot be interrupted).
 - All mutable state is touched only on the event loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -136,6 +140,25 @@ def _set_event(event: asyncio.Event, loop: asyncio.AbstractEventLoop | None) -> 
             pass
 
 
+def _abandon(job: concurrent.futures.Future[Any], waiter: asyncio.Future[Any]) -> None:
+    """Nobody awaits this load any more: close the servable it makes whenever it arrives."""
+    if not waiter.done():
+        waiter.cancel()  # also cancels the job if it has not started
+    elif not waiter.cancelled():
+        waiter.exception()  # retrieved: no "exception was never retrieved" at garbage collection
+    job.add_done_callback(_close_loaded)
+
+
+def _close_loaded(job: concurrent.futures.Future[Any]) -> None:
+    if job.cancelled() or job.exception() is not None:
+        return
+    servable, _ = job.result()
+    try:
+        servable.close()
+    except Exception:  # a callback of the loading thread: log, never raise
+        log.exception("closing an abandoned %s servable failed", servable.runtime)
+
+
 def label_error(model: str, version: int) -> ServingError:
     return ServingError(Code.FAILED_PRECONDITION,
                         f"Request to assign label to version {version} of model {model}, which is not "
@@ -168,7 +191,10 @@ class ModelManager:
         self._on_load = on_load
         self._on_warmup = on_warmup  # (version path, records, seconds) after a warmup that succeeded
         self._closed = False
-        self._closing = asyncio.Event()
+        #: Set by stop_loading() (and close()): no new loads, loads in progress are abandoned. A plain
+        #: bool too, read by the loading thread (warmup checks it between runs).
+        self._loading_stopped = False
+        self._no_more_loads = asyncio.Event()
         self._warned_empty = False
 
     @property
@@ -233,7 +259,7 @@ class ModelManager:
     async def sync(self) -> None:
         """Bring the loaded versions in line with the policy and the directories on disk."""
         async with self._lock:
-            if self._closed:
+            if self._closed or self._loading_stopped:
                 return
             on_disk = self.discover()
             if not on_disk and not self._warned_empty:
@@ -255,23 +281,25 @@ class ModelManager:
         entry = LoadedVersion(self.name, number, VersionState.START)
         self.versions[number] = entry
         path = os.path.join(self.config.base_path, str(number))
-        loop = asyncio.get_running_loop()
         attempts = 1 + max(0, self.options.max_num_load_retries)
         for attempt in range(attempts):
             entry.state = VersionState.LOADING
             start = time.monotonic()
             try:
-                servable, batching = await loop.run_in_executor(self.executor, self._load_blocking, path)
+                loaded = await self._run_load(path)
             except LoadError as exc:
+                if self._loading_stopped:  # the warmup saw the stop: not a failure of the model
+                    break
                 self._report_load(path, exc.code.name, time.monotonic() - start)
                 log.warning("loading %s version %d failed (attempt %d of %d): %s", self.name, number,
                             attempt + 1, attempts, exc.message)
                 entry.error_code, entry.error_message = exc.code, exc.message
-                if exc.permanent or attempt + 1 == attempts or self._closed:
+                if exc.permanent or attempt + 1 == attempts:
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), self.options.load_retry_interval_seconds)
-                if self._closed:
+                    await asyncio.wait_for(self._no_more_loads.wait(),
+                                           self.options.load_retry_interval_seconds)
+                if self._loading_stopped:
                     break
                 continue
             except Exception as exc:  # a bug in a backend: keep serving the other versions
@@ -279,18 +307,43 @@ class ModelManager:
                 log.exception("loading %s version %d crashed", self.name, number)
                 entry.error_code, entry.error_message = Code.INTERNAL, f"{path}: {type(exc).__name__}: {exc}"
                 break
+            if loaded is None:  # abandoned: the server is stopping
+                break
+            servable, batching = loaded
             self._report_load(path, "success", time.monotonic() - start)
-            if self._closed:
+            if self._loading_stopped:
                 servable.close()
-                entry.state = VersionState.END
-                return
+                break
             entry.servable = servable
             entry.batching = batching
             entry.error_code, entry.error_message = Code.OK, ""
             entry.state = VersionState.AVAILABLE
             log.info("model %s version %d is AVAILABLE (%s)", self.name, number, servable.runtime)
             return
+        if self._loading_stopped and entry.error_code == Code.OK:
+            entry.error_code, entry.error_message = Code.CANCELLED, "loading stopped: the server is stopping"
         entry.state = VersionState.END
+
+    async def _run_load(self, path: str) -> tuple[Servable, BatchingOptions | None] | None:
+        """:meth:`_load_blocking` in the load executor; None when loading stops meanwhile.
+
+        Why not just await it: a stop must not wait for a load (a large model, a long warmup) whose
+        servable would never serve. The thread cannot be interrupted, so what it still delivers is
+        closed on arrival, also when this task is cancelled."""
+        job = self.executor.submit(self._load_blocking, path)
+        waiter = asyncio.wrap_future(job)
+        stopped = asyncio.ensure_future(self._no_more_loads.wait())
+        try:
+            await asyncio.wait((waiter, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled
+            _abandon(job, waiter)
+            raise
+        finally:
+            stopped.cancel()
+        if not waiter.done():
+            _abandon(job, waiter)
+            return None
+        return waiter.result()
 
     def _report_load(self, path: str, status: str, seconds: float) -> None:
         if self._on_load is not None:
@@ -312,6 +365,10 @@ class ModelManager:
             except ConfigError as exc:
                 raise LoadError(Code.INVALID_ARGUMENT, str(exc), permanent=True) from exc
         servable = load_servable(files, self.options)
+        if self._loading_stopped:
+            servable.close()
+            raise LoadError(Code.CANCELLED, f"{path}: loading stopped: the server is stopping",
+                            permanent=True)
         if self.options.enable_model_warmup:
             from ._warmup import WARMUP_FILE, run_warmup
 
@@ -326,7 +383,8 @@ class ModelManager:
                 try:
                     n = run_warmup(servable, data, files.path(WARMUP_FILE),
                                    self.options.num_request_iterations_for_warmup,
-                                   check_method=self.options.enable_signature_method_name_check)
+                                   check_method=self.options.enable_signature_method_name_check,
+                                   should_stop=lambda: self._loading_stopped)
                 except LoadError:
                     servable.close()
                     raise
@@ -366,7 +424,7 @@ class ModelManager:
 
     def start_polling(self) -> None:
         wait = self.options.file_system_poll_wait_seconds
-        if wait > 0 and self._poll_task is None:
+        if wait > 0 and self._poll_task is None and not self._closed and not self._loading_stopped:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll(wait))
 
     async def _poll(self, wait: float) -> None:
@@ -377,10 +435,16 @@ class ModelManager:
             except Exception:  # noqa: BLE001 - polling must survive a bad moment on the file system
                 log.exception("polling %s failed", self.config.base_path)
 
+    def stop_loading(self) -> None:
+        """No more loads, and loads in progress are abandoned (the server is stopping: what they
+        would load would never serve); the AVAILABLE versions keep serving until :meth:`close`."""
+        self._loading_stopped = True
+        self._no_more_loads.set()
+
     async def close(self) -> None:
-        """Stop polling and unload every version (draining in-flight requests)."""
+        """Stop polling and loading, unload every version (draining in-flight requests)."""
         self._closed = True
-        self._closing.set()
+        self.stop_loading()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

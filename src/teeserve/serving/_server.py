@@ -15,8 +15,9 @@ work can replace the first without touching the rest:
 5. **load**: the core loads the models (in worker threads) and, with ``--model_config_file`` and
    ``--model_config_file_poll_wait_seconds``, re-reads the config file; a watcher flips gRPC health
    to SERVING when ``core.is_ready()``. The REST readiness URL asks the core directly.
-6. **serve** until SIGTERM or SIGINT, then **drain**: health NOT_SERVING, stop accepting, give
-   in-flight requests ``--drain-timeout`` seconds, close the core, exit 0. A second signal during
+6. **serve** until SIGTERM or SIGINT, then **drain**: health NOT_SERVING, stop accepting, refuse
+   reloads and abandon loads in progress (a reload's too), give in-flight requests
+   ``--drain-timeout`` seconds, close the core, exit 0. A second signal during
    the drain (not within 0.5 s: that is one signal sent to the process and its group) ends it at once
    (exit 1).
 
@@ -158,7 +159,8 @@ class ModelServer:
     restarted worker applies it before it serves, unless ``--model_config_file`` changed since: its
     digest then differs from ``initial_reload_file_digest``, and the file, the newer config, stands)
     and ``on_up`` is called once it serves. A worker
-    loads its models *before* it listens (the other workers answer meanwhile).
+    loads its models *before* it listens (the other workers answer meanwhile); a drain meanwhile
+    cuts that loading short.
     """
 
     def __init__(
@@ -485,14 +487,8 @@ class ModelServer:
             # One of several workers: join the shared ports only once the models are in (and the
             # latest relayed config applied), or the kernel would hand this worker connections it
             # can only answer with NOT_FOUND while the others serve.
-            try:
-                await self.core.start()
-            except TeeserveError:
-                raise
-            except Exception as exc:
-                raise ServeError(f"model loading failed: {exc}") from exc
-            while self._queued_reloads:  # applied before this worker listens
-                await self.apply_relayed_reload(self._queued_reloads.pop(0), started=True)
+            if not await self._load_unless_stopped():
+                return  # drained while loading: nothing listens; drain() closes what was loaded
             self._core_started.set()
             self._after_load(t0)
             await self.start_grpc()
@@ -508,6 +504,36 @@ class ModelServer:
 
         if METRICS.multiprocess:
             self._tasks.append(asyncio.create_task(self._flush_metrics(METRICS), name="teeserve-metrics"))
+
+    async def _load_unless_stopped(self) -> bool:
+        """A worker's loading before it listens, cut short by a drain (the supervisor's SIGTERM):
+        loading can take minutes, and a worker that finished it first would outlast the drain
+        timeout and be killed. True when loaded; False when stopped (the core then holds only
+        what stop() closes)."""
+        loading = asyncio.ensure_future(self._load_worker_models())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((loading, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not loading.done():
+                loading.cancel()
+                await asyncio.wait((loading,))
+        if loading.cancelled():
+            log.info("stopped while loading the models: this worker never listened")
+            return False
+        loading.result()  # its error, if any
+        return True
+
+    async def _load_worker_models(self) -> None:
+        try:
+            await self.core.start()
+        except TeeserveError:
+            raise
+        except Exception as exc:
+            raise ServeError(f"model loading failed: {exc}") from exc
+        while self._queued_reloads:  # applied before this worker listens
+            await self.apply_relayed_reload(self._queued_reloads.pop(0), started=True)
 
     @staticmethod
     async def _flush_metrics(metrics: Any) -> None:
@@ -528,6 +554,8 @@ class ModelServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.core.stopping:  # cut short by the drain: not a failure
+                return
             log.error("model loading failed: %s", exc, exc_info=not isinstance(exc, TeeserveError))
             self.failure = exc
             self.request_stop()
@@ -575,7 +603,10 @@ class ModelServer:
             await self.core.reload_config(pb.ModelServerConfig.FromString(data))
             log.info("model config reloaded (relayed from another worker)")
         except Exception as exc:
-            log.error("relayed model config reload failed: %s", exc)
+            if self.core.stopping:
+                log.info("relayed model config reload not applied: this worker is stopping")
+            else:
+                log.error("relayed model config reload failed: %s", exc)
 
     async def _watch_readiness(self) -> None:
         ready = False
@@ -634,6 +665,11 @@ class ModelServer:
             self.rest_server.handler.draining = True
         for task in self._tasks:
             task.cancel()
+        if self.core is not None:
+            # Reloads are refused from now on and a reload in progress ends now (its loads are
+            # abandoned, its client gets UNAVAILABLE) instead of holding the drain; after the
+            # cancel above, so that the initial load's task ends cancelled, not failed.
+            self.core.begin_stop()
         closing = []
         if self.grpc_server is not None:
             if self._grpc_kind == "threads":

@@ -17,6 +17,7 @@ failure fails the load, as in TensorFlow Serving.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -193,8 +194,12 @@ def _replay_one(servable: Servable, log: Any, check: bool) -> None:
 
 
 def run_warmup(servable: Servable, data: bytes, source: str, iterations: int = 1, *,
-               check_method: bool = False) -> int:
-    """Replay every record of a warmup file; returns the number of records. LoadError on failure."""
+               check_method: bool = False, should_stop: Callable[[], bool] | None = None) -> int:
+    """Replay every record of a warmup file; returns the number of records. LoadError on failure.
+
+    ``should_stop`` is asked before each run: a warmup can take long (1000 records, many
+    iterations), and a server that is stopping should not wait for one whose model will never serve
+    (LoadError CANCELLED)."""
     try:
         records = read_tfrecords(data, source, limit=MAX_WARMUP_RECORDS)
     except ValueError as exc:
@@ -209,6 +214,9 @@ def run_warmup(servable: Servable, data: bytes, source: str, iterations: int = 1
             raise LoadError(Code.INVALID_ARGUMENT, f"{source}: record {i} is not a PredictionLog",
                             permanent=True) from exc
         for _ in range(max(1, iterations)):
+            if should_stop is not None and should_stop():
+                raise LoadError(Code.CANCELLED, f"{source}: warmup stopped: the server is stopping",
+                                permanent=True)
             try:
                 _replay_one(servable, log, check_method)
             except ServingError as exc:

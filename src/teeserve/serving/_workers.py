@@ -26,7 +26,8 @@ The **supervisor** (this module, the process ``teeserve serve`` started):
    worker that (re)starts, so the workers do not drift apart (unless ``--model_config_file`` changed
    since: the running workers have applied the file then, and so does the restarted one);
 6. on SIGTERM/SIGINT it tells every worker (over its pipe) to drain, as a single server does, and exits
-   0 when all did (a second signal is passed on too: the workers then stop at once).
+   0 when all did (a second signal is passed on too: the workers then stop at once). A worker still
+   loading its models stops loading rather than finishing first (which could outlast the drain).
 
 Each **worker** is an ordinary :class:`~teeserve.serving._server.ModelServer` given the keys, with
 ``reuse_port`` so the kernel spreads new connections over the workers; it loads its models before it
