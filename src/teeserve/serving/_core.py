@@ -107,8 +107,8 @@ log = logging.getLogger("teeserve.serving")
 MAX_BATCH_QUEUES = 64
 
 
-def _stopping_error() -> ServingError:
-    return ServingError(Code.UNAVAILABLE, "server is stopping: the model config was not reloaded")
+def _stopping_error(what: str) -> ServingError:
+    return ServingError(Code.UNAVAILABLE, f"server is stopping: {what}")
 
 
 def _check_ref(ref: ModelRef) -> None:
@@ -303,7 +303,7 @@ class ServingCore:
         assert self._reload_lock is not None, "call start() first"
         async with self._reload_lock:
             if self._stopping:
-                raise _stopping_error()
+                raise _stopping_error("the model config was not reloaded")
             wanted = {c.name: c for c in configs}
             removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
             self._unpublished.update(removed)
@@ -324,9 +324,13 @@ class ServingCore:
                         self._models[c.name] = fresh[c.name]  # visible (LOADING) in model_status
             await asyncio.gather(*(m.sync() for m in fresh.values()))
             if self._stopping:
-                # stop() began meanwhile and abandoned the loads: nothing is swapped in; stop() closes
-                # every manager, those this reload made (held in _unpublished) too.
-                raise _stopping_error()
+                # stop() began meanwhile and abandoned the loads: nothing more is swapped in; stop()
+                # closes every manager, those this reload made (held in _unpublished) too. What the
+                # reload did before (models it removed, a kept model's new version policy whose
+                # swap finished) stays done, so the caller is told it may be partly applied.
+                if not self._initial_loaded:
+                    raise _stopping_error("the initial model load was cut short")
+                raise _stopping_error("the model config reload was cut short and may be partly applied")
             error: ServingError | None = None
             for name, m in fresh.items():
                 err = m.check_labels(wanted[name].version_labels,

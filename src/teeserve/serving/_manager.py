@@ -142,8 +142,10 @@ def _set_event(event: asyncio.Event, loop: asyncio.AbstractEventLoop | None) -> 
 
 def _abandon(job: concurrent.futures.Future[Any], waiter: asyncio.Future[Any]) -> None:
     """Nobody awaits this load any more: close the servable it makes whenever it arrives."""
+    job.cancel()  # a job no thread has taken yet never starts (the waiter's own cancel would reach
+    # the job only on the loop's next turn, and a loading thread could take it meanwhile)
     if not waiter.done():
-        waiter.cancel()  # also cancels the job if it has not started
+        waiter.cancel()
     elif not waiter.cancelled():
         waiter.exception()  # retrieved: no "exception was never retrieved" at garbage collection
     job.add_done_callback(_close_loaded)
@@ -283,6 +285,8 @@ class ModelManager:
         path = os.path.join(self.config.base_path, str(number))
         attempts = 1 + max(0, self.options.max_num_load_retries)
         for attempt in range(attempts):
+            if self._loading_stopped:  # stopped before this load began (sync's tasks start later)
+                break
             entry.state = VersionState.LOADING
             start = time.monotonic()
             try:
@@ -350,6 +354,8 @@ class ModelManager:
             self._on_load(path, status, seconds)
 
     def _load_blocking(self, path: str) -> tuple[Servable, BatchingOptions | None]:
+        if self._loading_stopped:  # taken by a thread after the stop: read, decrypt, build nothing
+            raise LoadError(Code.CANCELLED, f"{path}: loading stopped: the server is stopping", permanent=True)
         key_name = dict(self.options.model_keys).get(self.config.name, self.options.key_name)
         files = ModelFiles(path, self.keyring, key_name=key_name, path_map=self.options.path_map,
                            require_encrypted=self.options.require_encrypted_models)
