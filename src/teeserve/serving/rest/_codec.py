@@ -237,12 +237,13 @@ _DOUBLE_MAX_DIGITS = 309  # 1.8e308 has 309 digits before the point
 
 def _double_sized_int(text: str) -> int:
     value = int(text)
-    if len(text) >= _DOUBLE_MAX_DIGITS and abs(value) > _DOUBLE_MAX_INT:
-        raise _NumberTooBig
+    if len(text) >= _DOUBLE_MAX_DIGITS:
+        try:
+            float(value)  # rounds as rapidjson's double does: just above DBL_MAX may still fit
+        except OverflowError:
+            raise _NumberTooBig from None
     return value
 
-
-_DOUBLE_MAX_INT = int(np.finfo(np.float64).max)
 # Strings (skipped whole) and number literals, in document order: the first literal beyond the double
 # range is where rapidjson stops, and its start is the offset TF Serving reports.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
