@@ -529,9 +529,16 @@ def test_reload_config_sent_to_one_worker_is_applied_by_all(start: Callable[...,
         assert model_state_fresh(s.port, "b") == AVAILABLE
         assert predict_fresh(s.port, images_for(i), "b").model_spec.name == "b"
         predict_fresh(s.port, images_for(i), "digits")
-    counts = per_worker_requests(metrics_dirs(tmpdir_env)[0], model="b")
     pids = worker_pids(records(s))
-    assert set(counts) == set(pids) and all(v.get("GRPC", 0) > 0 for v in counts.values()), counts
+
+    def both_answered_b() -> dict[int, dict[str, float]] | None:
+        # Workers write their counters to the shared files every FLUSH_S (0.25 s): on a fast machine
+        # the loop above can end before the last of its answers reached them, so wait for the write.
+        counts = per_worker_requests(metrics_dirs(tmpdir_env)[0], model="b")
+        ok = set(counts) == set(pids) and all(v.get("GRPC", 0) > 0 for v in counts.values())
+        return counts if ok else None
+
+    wait_for(both_answered_b, "both workers' answers for model b in their metrics files", s, timeout=10)
 
 
 def test_reloaded_config_survives_a_worker_restart(start: Callable[..., ServerProcess], onnx_model_dir: Path,
