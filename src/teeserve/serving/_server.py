@@ -689,7 +689,8 @@ class ModelServer:
                 await asyncio.wait_for(self.core.stop(), timeout=remaining)
             except (TimeoutError, asyncio.TimeoutError):
                 self.forced = True
-                log.warning("in-flight work did not finish within --drain-timeout; exiting without it",
+                log.warning("in-flight work (requests, or a model load that cannot be interrupted) did not "
+                            "finish within --drain-timeout; exiting without it",
                             extra={"drain_timeout": grace})
             except Exception:
                 log.exception("stopping the serving core failed")
