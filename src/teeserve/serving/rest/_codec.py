@@ -244,6 +244,7 @@ def _double_sized_int(text: str) -> int:
             raise _NumberTooBig from None
     return value
 
+
 # Strings (skipped whole) and number literals, in document order: the first literal beyond the double
 # range is where rapidjson stops, and its start is the offset TF Serving reports.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
