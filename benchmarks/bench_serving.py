@@ -5,10 +5,11 @@ What it measures (issue 3 §7), each against a real ``python -m teeserve serve``
 loaded by separate load-generator processes (one outstanding request per simulated client):
 
 (a) the small digits model (ONNX), concurrency 16: requests/s, p50, p99, gRPC and REST, plaintext vs
-    mutual TLS; prints the TLS cost ratio ``mTLS rps / plaintext rps`` (goal >= 0.8) and the ratios to
-    the peers measured on this kind of machine (KServe 0.21 gRPC ~1,350 req/s, V1 REST ~1,550 req/s,
-    MLServer 1.7 ~500 req/s; goal >= 1.5x), each with PASS / NOT MET. The peers themselves are run by
-    benchmarks/bench_peers.py (their own venvs), not here. The clients are spread over
+    mutual TLS; prints the TLS cost ratio ``mTLS rps / plaintext rps`` (goal >= 0.8, PASS / NOT MET)
+    and the ratios to the issue's reference figures for the peers (KServe 0.21 gRPC ~1,350 req/s, V1
+    REST ~1,550 req/s, MLServer 1.7 ~500 req/s, measured on the issue's machine), marked only "above"
+    or "below" the 1.5x goal: on a faster or slower machine they mislead. The peers themselves are run
+    side by side, and the goal judged, by benchmarks/bench_peers.py (their own venvs), not here. The clients are spread over
     ``LOADGEN_PROCS`` load-generator processes or threads (raw pre-serialized requests: for gRPC the C++
     ``grpc_loadgen`` of benchmarks/grpcload by default, grpc.aio with ``--loadgen python``; raw
     keep-alive HTTP/1.1 for REST), so that the generator is not the bottleneck.
@@ -580,15 +581,21 @@ def main() -> int:
     tls_ratio = a_mtls["rps"] / a_plain["rps"]
     grpc_ratio = a_plain["rps"] / KSERVE_GRPC_RPS
     rest_ratio = a_rest["rps"] / KSERVE_REST_RPS
-    print(f"  gRPC vs KServe 0.21 gRPC (~{KSERVE_GRPC_RPS:.0f} req/s, measured by bench_peers.py, not here): "
-          f"{a_plain['rps']:.0f}/{KSERVE_GRPC_RPS:.0f} = {grpc_ratio:.2f}x   goal >= {GOAL_PEER_RATIO}x "
-          f"({GOAL_PEER_RATIO * KSERVE_GRPC_RPS:.0f} req/s): {verdict(grpc_ratio >= GOAL_PEER_RATIO)}")
-    print(f"  REST vs KServe 0.21 V1 REST (~{KSERVE_REST_RPS:.0f} req/s, not run here): "
-          f"{a_rest['rps']:.0f}/{KSERVE_REST_RPS:.0f} = {rest_ratio:.2f}x   goal >= {GOAL_PEER_RATIO}x "
-          f"({GOAL_PEER_RATIO * KSERVE_REST_RPS:.0f} req/s): {verdict(rest_ratio >= GOAL_PEER_RATIO)}")
+    # The peers are not run here: these two lines compare with the issue's reference figures, measured
+    # on the issue's machine. On a faster or slower machine they mislead, so they say "above/below
+    # the reference", never PASS; bench_peers.py runs the peers side by side and judges the goal.
+    def against_reference(ratio: float) -> str:
+        return f"{'above' if ratio >= GOAL_PEER_RATIO else 'below'} the reference (bench_peers.py judges the goal)"
+
+    print(f"  gRPC vs the issue's KServe 0.21 gRPC reference (~{KSERVE_GRPC_RPS:.0f} req/s, another machine's): "
+          f"{a_plain['rps']:.0f}/{KSERVE_GRPC_RPS:.0f} = {grpc_ratio:.2f}x   goal >= {GOAL_PEER_RATIO}x: "
+          f"{against_reference(grpc_ratio)}")
+    print(f"  REST vs the issue's KServe 0.21 V1 REST reference (~{KSERVE_REST_RPS:.0f} req/s): "
+          f"{a_rest['rps']:.0f}/{KSERVE_REST_RPS:.0f} = {rest_ratio:.2f}x   goal >= {GOAL_PEER_RATIO}x: "
+          f"{against_reference(rest_ratio)}")
     print(f"  gRPC TLS cost mTLS/plaintext: {tls_ratio:.2f}   goal >= {GOAL_TLS_RATIO}: "
           f"{verdict(tls_ratio >= GOAL_TLS_RATIO)}   (REST: {a_rest_mtls['rps'] / a_rest['rps']:.2f})")
-    print(f"  vs MLServer 1.7 gRPC (~{MLSERVER_GRPC_RPS:.0f} req/s, not run here): plaintext "
+    print(f"  vs the issue's MLServer 1.7 gRPC reference (~{MLSERVER_GRPC_RPS:.0f} req/s): plaintext "
           f"{a_plain['rps'] / MLSERVER_GRPC_RPS:.2f}x")
     print("  p99 against the peers' p99: run benchmarks/bench_peers.py (same load generator settings)", flush=True)
 
