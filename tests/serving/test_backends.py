@@ -177,27 +177,32 @@ def test_warmup_classify_regress_and_multi_inference_records(make_core: Any, loo
     assert (after[0] - before[0], after[1] - before[1]) == (3, 7)
 
 
-def test_warmup_replays_each_record_num_request_iterations_times(onnx_model_dir: Path) -> None:
-    """``--num_request_iterations_for_warmup``: every record is run that many times (at least once)."""
-    from teeserve.serving._warmup import run_warmup
+def _counting_servable(model_dir: Path) -> Any:
+    """The digits ONNX servable, counting its runs in ``.runs`` (what a warmup replays)."""
+    import onnxruntime as ort
+
     from teeserve.serving.backends._onnx import OnnxServable
 
     class Counting(OnnxServable):
         runs = 0
 
         def run(self, signature_name: str, inputs: Any, output_aliases: Any) -> Any:
-            type(self).runs += 1
+            self.runs += 1
             return super().run(signature_name, inputs, output_aliases)
 
-    import onnxruntime as ort
+    return Counting(ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]))
 
-    servable = Counting(ort.InferenceSession(str(onnx_model_dir / "1" / "model.onnx"),
-                                             providers=["CPUExecutionProvider"]))
+
+def test_warmup_replays_each_record_num_request_iterations_times(onnx_model_dir: Path) -> None:
+    """``--num_request_iterations_for_warmup``: every record is run that many times (at least once)."""
+    from teeserve.serving._warmup import run_warmup
+
+    servable = _counting_servable(onnx_model_dir)
     data = write_tfrecords([_predict_log({"images": np.zeros((1, 8, 8), np.float32)})] * 3)
     for iterations, want in ((1, 3), (4, 12), (0, 3)):
-        Counting.runs = 0
+        servable.runs = 0
         assert run_warmup(servable, data, "warmup", iterations) == 3
-        assert Counting.runs == want, iterations
+        assert servable.runs == want, iterations
 
 
 def test_thread_flags_reach_tensorflow(saved_model_dir: Path) -> None:
@@ -235,23 +240,12 @@ def test_a_warmup_stops_between_runs_when_the_server_stops(onnx_model_dir: Path)
     """``should_stop`` is asked before every run (a stopping server abandons a long warmup): once it
     says yes, no further run starts and the warmup fails with CANCELLED."""
     from teeserve.serving._warmup import run_warmup
-    from teeserve.serving.backends._onnx import OnnxServable
 
-    class Counting(OnnxServable):
-        runs = 0
-
-        def run(self, signature_name: str, inputs: Any, output_aliases: Any) -> Any:
-            type(self).runs += 1
-            return super().run(signature_name, inputs, output_aliases)
-
-    import onnxruntime as ort
-
-    servable = Counting(ort.InferenceSession(str(onnx_model_dir / "1" / "model.onnx"),
-                                             providers=["CPUExecutionProvider"]))
+    servable = _counting_servable(onnx_model_dir)
     data = write_tfrecords([_predict_log({"images": np.zeros((1, 8, 8), np.float32)})] * 3)
     with pytest.raises(LoadError) as e:
-        run_warmup(servable, data, "warmup", 4, should_stop=lambda: Counting.runs >= 5)
+        run_warmup(servable, data, "warmup", 4, should_stop=lambda: servable.runs >= 5)
     assert e.value.code == Code.CANCELLED and "the server is stopping" in e.value.message
-    assert Counting.runs == 5
-    Counting.runs = 0
-    assert run_warmup(servable, data, "warmup", 4, should_stop=lambda: False) == 3 and Counting.runs == 12
+    assert servable.runs == 5
+    servable.runs = 0
+    assert run_warmup(servable, data, "warmup", 4, should_stop=lambda: False) == 3 and servable.runs == 12

@@ -55,6 +55,22 @@ def managers(monkeypatch: pytest.MonkeyPatch) -> list[ModelManager]:
     return made
 
 
+@pytest.fixture()
+def onnx_servables(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every ONNX servable built during the test (a session is built once a load reaches it)."""
+    from teeserve.serving.backends import _onnx
+
+    made: list[Any] = []
+    init = _onnx.OnnxServable.__init__
+
+    def recorded(self: Any, session: Any) -> None:
+        init(self, session)
+        made.append(self)
+
+    monkeypatch.setattr(_onnx.OnnxServable, "__init__", recorded)
+    return made
+
+
 def assert_all_closed(managers: list[ModelManager]) -> None:
     for m in managers:
         assert m._closed, f"the manager of {m.name} ({m.config.base_path}) was never closed"
@@ -219,20 +235,11 @@ def test_once_a_drain_began_reloads_are_refused_while_the_models_still_serve(
 
 
 def test_a_servable_delivered_after_its_load_was_abandoned_is_closed_before_stop_returns(
-        tmp_path: Path, onnx_model_dir: Path, monkeypatch: pytest.MonkeyPatch, managers: list[ModelManager]) -> None:
+        tmp_path: Path, onnx_model_dir: Path, onnx_servables: list[Any], managers: list[ModelManager]) -> None:
     """The warmup here is one run of about a second, which nothing can interrupt: the reload stops
     waiting for it and ends, and the servable the loading thread delivers afterwards is closed
     before stop() returns (stop() waits for the loading threads)."""
-    from teeserve.serving.backends import _onnx
-
-    made: list[Any] = []
-    init = _onnx.OnnxServable.__init__
-
-    def recorded(self: Any, session: Any) -> None:
-        init(self, session)
-        made.append(self)
-
-    monkeypatch.setattr(_onnx.OnnxServable, "__init__", recorded)
+    made = onnx_servables
     one_run = write_slow_loading_model(tmp_path / "one-run", 1.0, 1)
 
     async def main() -> BaseException:
@@ -255,21 +262,13 @@ def test_a_servable_delivered_after_its_load_was_abandoned_is_closed_before_stop
 
 
 def test_a_load_a_thread_takes_after_the_stop_reads_and_builds_nothing(
-        onnx_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        onnx_model_dir: Path, onnx_servables: list[Any]) -> None:
     """A load queued before the stop can reach a loading thread after it (sync's tasks run later, a
     cancel reaches the executor a loop turn late): it must not read, decrypt and build a session that
     stop() would then wait for, only to close it."""
     from teeserve.serving._manager import LoadError
-    from teeserve.serving.backends import _onnx
 
-    built: list[Any] = []
-    init = _onnx.OnnxServable.__init__
-
-    def recorded(self: Any, session: Any) -> None:
-        init(self, session)
-        built.append(self)
-
-    monkeypatch.setattr(_onnx.OnnxServable, "__init__", recorded)
+    built = onnx_servables
 
     async def main() -> None:
         core = ServingCore([ModelConfig("digits", str(onnx_model_dir))],
