@@ -14,14 +14,17 @@ loaded by separate load-generator processes (one outstanding request per simulat
     ``grpc_loadgen`` of benchmarks/grpcload by default, grpc.aio with ``--loadgen python``; raw
     keep-alive HTTP/1.1 for REST), so that the generator is not the bottleneck.
 (b) ResNet-50 v1.5 (ONNX, random weights), batch 1, concurrency 2, gRPC + mutual TLS vs in-process
-    onnxruntime with the same thread settings and 2 threads: ratio (goal >= 0.95).
+    onnxruntime with the same thread settings and 2 threads: ratio (goal >= 0.95), for each thread
+    setting of ``--resnet-threads``, side by side: by default the reference deployment's flags
+    (``--tensorflow_intra_op_parallelism=2 --tensorflow_inter_op_parallelism=2``) and one thread per
+    model run (1/1, the faster in absolute terms on 2 cores).
 (c) throughput and p99 against concurrency 1..32 for both models (mTLS), plotted to a PNG.
 
 Rounds alternate between the configurations so that background load on the machine hits both
 sides alike; the median round is reported.
 
 Usage:  .venv/bin/python benchmarks/bench_serving.py [--out bench-out/serving] [--quick] [--no-resnet]
-        [--loadgen cpp|python] [--rounds N]
+        [--loadgen cpp|python] [--rounds N] [--resnet-threads 2/2,1/1]
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ MLSERVER_GRPC_RPS = 500.0
 GOAL_PEER_RATIO = 1.5
 GOAL_TLS_RATIO = 0.8
 GOAL_INPROC_RATIO = 0.95
+
+
+def thread_settings(text: str) -> tuple[tuple[int, int], ...]:
+    """``--resnet-threads``: ``INTRA/INTER`` pairs, comma-separated (e.g. ``2/2,1/1``)."""
+    pairs = []
+    for part in text.split(","):
+        intra, sep, inter = part.strip().partition("/")
+        try:
+            pair = (int(intra), int(inter))
+        except ValueError:
+            pair = (-1, -1)
+        if not sep or min(pair) < 0:
+            raise argparse.ArgumentTypeError(f"expected INTRA/INTER thread counts (e.g. 2/2), got {part!r}")
+        pairs.append(pair)
+    return tuple(dict.fromkeys(pairs))
 
 
 def verdict(ok: bool) -> str:
@@ -502,8 +520,11 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds for (a) and (b); median reported")
     p.add_argument("--concurrency", type=int, default=16, help="clients for (a) (default 16)")
-    p.add_argument("--resnet-intra", type=int, default=1,
-                   help="--tensorflow_intra_op_parallelism for ResNet-50, and the same for onnxruntime in-process")
+    p.add_argument("--resnet-threads", type=thread_settings, default=((2, 2), (1, 1)), metavar="INTRA/INTER,...",
+                   help="(b)'s thread settings, each measured side by side: --tensorflow_intra_op_parallelism / "
+                        "--tensorflow_inter_op_parallelism for the server and the same for onnxruntime in-process "
+                        "(default 2/2,1/1: the reference deployment's flags, and one thread per model run; (c) "
+                        "uses the first)")
     p.add_argument("--no-resnet", action="store_true", help="skip (b) and ResNet-50 in (c)")
     p.add_argument("--quick", action="store_true", help="short points, one round (a smoke run)")
     p.add_argument("--loadgen", choices=("cpp", "python"), default="cpp",
@@ -599,38 +620,48 @@ def main() -> int:
           f"{a_plain['rps'] / MLSERVER_GRPC_RPS:.2f}x")
     print("  p99 against the peers' p99: run benchmarks/bench_peers.py (same load generator settings)", flush=True)
 
-    # (b) ResNet-50, mTLS server vs in-process onnxruntime, concurrency 2
+    # (b) ResNet-50, mTLS server vs in-process onnxruntime, concurrency 2, for each thread setting
     sweep_resnet: list[tuple[int, dict[str, Any]]] = []
     if not args.no_resnet:
         rbase, rname = resnet_model(models)
         image = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3)).astype(np.float32)
         resnet_req = out / "resnet.request.bin"
         resnet_req.write_bytes(predict_request(rname, "input", image))
-        threads = [f"--tensorflow_intra_op_parallelism={args.resnet_intra}", "--tensorflow_inter_op_parallelism=1"]
-        rserver = Server(rname, rbase, out / "logs", *threads, tls=tls)
-        rr: dict[str, list[dict[str, Any]]] = {"server": [], "inproc": []}
+        settings = args.resnet_threads
+        rservers = {t: Server(rname, rbase, out / "logs", f"--tensorflow_intra_op_parallelism={t[0]}",
+                              f"--tensorflow_inter_op_parallelism={t[1]}", tls=tls) for t in settings}
+        rr: dict[tuple[tuple[int, int], str], list[dict[str, Any]]] = {
+            (t, kind): [] for t in settings for kind in ("server", "inproc")}
         try:
             for r in range(args.rounds):
-                for kind in (("server", "inproc") if r % 2 == 0 else ("inproc", "server")):
-                    rr[kind].append(
-                        run_loadgen(rserver, resnet_req, 2, args.duration, args.warmup, tls) if kind == "server"
+                order = [(t, kind) for t in settings for kind in ("server", "inproc")]
+                for t, kind in (order if r % 2 == 0 else order[::-1]):
+                    rr[(t, kind)].append(
+                        run_loadgen(rservers[t], resnet_req, 2, args.duration, args.warmup, tls) if kind == "server"
                         else in_process_onnxruntime(rbase / "1" / "model.onnx", {"input": image}, 2,
-                                                    args.resnet_intra, 1, args.duration, args.warmup))
+                                                    t[0], t[1], args.duration, args.warmup))
             for c in (1, 2, 4, 8, 16, 32):
-                sweep_resnet.append((c, run_loadgen(rserver, resnet_req, c, args.duration, args.warmup / 2, tls)))
+                sweep_resnet.append((c, run_loadgen(rservers[settings[0]], resnet_req, c, args.duration,
+                                                    args.warmup / 2, tls)))
         finally:
-            rserver.stop()
-        b_srv, b_in = median_round(rr["server"]), median_round(rr["inproc"])
-        results["resnet50"] = {"server_mtls": b_srv, "in_process": b_in, "sweep_mtls": sweep_resnet}
-        print(f"\n(b) ResNet-50 v1.5 (ONNX), batch 1, concurrency 2, intra-op threads {args.resnet_intra}")
-        print(row("teeserve gRPC mutual TLS", b_srv))
-        print(row("in-process onnxruntime, 2 threads", b_in))
-        ratio = b_srv["rps"] / b_in["rps"]
-        per_round = [a["rps"] / b["rps"] for a, b in zip(rr["server"], rr["inproc"])]
-        results["resnet50"]["ratio_per_round"] = per_round
-        print(f"  ratio server/in-process: {ratio:.2f}   goal >= {GOAL_INPROC_RATIO}: "
-              f"{verdict(ratio >= GOAL_INPROC_RATIO)}   (per round, side by side: "
-              f"{', '.join(f'{q:.2f}' for q in per_round)})", flush=True)
+            for rserver in rservers.values():
+                rserver.stop()
+        results["resnet50"] = {"sweep_mtls": sweep_resnet, "sweep_threads": list(settings[0]), "by_threads": {}}
+        print("\n(b) ResNet-50 v1.5 (ONNX), batch 1, concurrency 2, server (gRPC mutual TLS) / in-process "
+              "onnxruntime (2 threads) with the same thread settings")
+        for t in settings:
+            b_srv, b_in = median_round(rr[(t, "server")]), median_round(rr[(t, "inproc")])
+            ratio = b_srv["rps"] / b_in["rps"]
+            per_round = [a["rps"] / b["rps"] for a, b in zip(rr[(t, "server")], rr[(t, "inproc")])]
+            name = f"intra-op {t[0]}, inter-op {t[1]}" + (" (the reference deployment's)" if t == (2, 2) else "")
+            results["resnet50"]["by_threads"][f"{t[0]}/{t[1]}"] = {
+                "server_mtls": b_srv, "in_process": b_in, "ratio": ratio, "ratio_per_round": per_round}
+            print(f"  threads: {name}")
+            print(row("  teeserve gRPC mutual TLS", b_srv))
+            print(row("  in-process onnxruntime, 2 threads", b_in))
+            print(f"    ratio server/in-process: {ratio:.2f}   goal >= {GOAL_INPROC_RATIO}: "
+                  f"{verdict(ratio >= GOAL_INPROC_RATIO)}   (per round, side by side: "
+                  f"{', '.join(f'{q:.2f}' for q in per_round)})", flush=True)
 
     # (c) concurrency sweep
     print("\n(c) concurrency sweep (gRPC, mutual TLS)")

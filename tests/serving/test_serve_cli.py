@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 import subprocess
 import sys
 
@@ -42,6 +43,25 @@ def test_reference_deployment_command_line() -> None:
     assert o.file_system_poll_wait_seconds == 5
     assert o.accepted_only == ("flush_filesystem_caches",)
     assert o.host == DEFAULT_HOST == "0.0.0.0"  # reachable in a container, as TF Serving
+
+
+def test_onnx_execution_mode_option_reaches_the_core(tmp_path: Path) -> None:
+    from teeserve.serving._server import ModelServer
+
+    base = ["--model_name=m", f"--model_base_path={tmp_path}", "--tensorflow_inter_op_parallelism=2"]
+    assert parse(base).onnx_execution_mode == "sequential"
+    assert ModelServer(parse(base)).make_core().options.onnx_parallel_execution is False
+    o = parse([*base, "--onnx-execution-mode=parallel"])
+    assert o.onnx_execution_mode == "parallel"
+    assert ModelServer(o).make_core().options.onnx_parallel_execution is True
+    assert o.measured_config() == parse(base).measured_config()  # capacity, not what is served
+
+
+def test_onnx_execution_mode_rejects_other_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(["--model_name=m", "--model_base_path=/m", "--onnx-execution-mode=fast"])
+    assert exc.value.code == 2
+    assert "--onnx-execution-mode" in capsys.readouterr().err
 
 
 def test_space_separated_form_is_the_same() -> None:

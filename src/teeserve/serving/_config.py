@@ -111,6 +111,11 @@ class ServingOptions:
     path_map: tuple[tuple[str, str], ...] = ()
     require_encrypted_models: bool = False
     inference_threads: int = 0  # 0 = max(4, 2 x cores)
+    #: ``--onnx-execution-mode``: ONNX Runtime runs independent nodes at once (ORT_PARALLEL, on the
+    #: inter-op threads) only when asked. TensorFlow's inter-op pool costs nothing on a chain of ops;
+    #: ORT's parallel executor made ResNet-50 2.4x slower, so the reference deployment's
+    #: ``--tensorflow_inter_op_parallelism=2`` alone does not switch it on.
+    onnx_parallel_execution: bool = False
 
     @property
     def intra_op_threads(self) -> int:

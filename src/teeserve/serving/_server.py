@@ -338,7 +338,8 @@ class ModelServer:
         elif o.batching_parameters_file and not o.enable_batching:
             log.warning("--batching_parameters_file is ignored without --enable_batching=true")
         core = ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map, model_keys=o.model_keys,
-                                      require_encrypted_models=o.require_encrypted)
+                                      require_encrypted_models=o.require_encrypted,
+                                      onnx_parallel_execution=o.onnx_execution_mode == "parallel")
         if o.model_config_file:
             # A name the config file does not have is most likely a typo (the model would then try
             # the default key); it may also be a model a later reload adds, so this only warns.

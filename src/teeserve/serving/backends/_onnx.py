@@ -61,7 +61,9 @@ class OnnxServable(Servable):
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(0, options.intra_op_threads)
         so.inter_op_num_threads = max(0, options.inter_op_threads)
-        if options.inter_op_threads > 1:
+        if options.onnx_parallel_execution:
+            # Only on request (ServingOptions.onnx_parallel_execution): ORT's inter-op threads serve
+            # the parallel executor alone, which slows down chain-shaped models such as ResNet.
             so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         so.log_severity_level = 3
         if options.intra_op_threads == 0:
