@@ -278,6 +278,8 @@ def test_two_workers_serve_grpc_and_rest_and_both_answer(start: Callable[..., Se
     assert sorted(pids) == [1, 2] and len(set(pids.values())) == 2, pids
     assert s.proc.pid not in pids.values()  # the workers are processes of their own
     assert ready_indices(recs) == {1, 2}
+    for pid in pids.values():  # without --worker-cpu-affinity the kernel may move them anywhere
+        assert set(thread_cpus(pid).values()) == {frozenset(os.sched_getaffinity(0))}
 
     n_grpc, n_rest = 30, 20
     for i in range(n_grpc):
@@ -638,6 +640,62 @@ def test_port_in_use_fails_before_any_worker_starts(tmp_path: Path, onnx_model_d
     assert proc.returncode not in (0, None)
     assert stderr.strip().splitlines()[-1].startswith(f"teeserve: error: cannot listen for {what} on 127.0.0.1:{port}")
     assert "Traceback" not in stderr
+
+
+def thread_cpus(pid: int) -> dict[int, frozenset[int]]:
+    """tid -> the CPUs it may run on, for every thread of process ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            out[int(tid)] = frozenset(os.sched_getaffinity(int(tid)))
+    return out
+
+
+def test_worker_cpu_affinity_auto_pins_every_thread_of_each_worker_to_its_cpu(
+        start: Callable[..., ServerProcess], onnx_model_dir: Path) -> None:
+    from teeserve.serving._workers import slot_cpus
+
+    mask = os.sched_getaffinity(0)  # the supervisor's, inherited from this test
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", "--worker-cpu-affinity=auto",
+              rest=False)
+    for i in range(4):
+        predict_fresh(s.port, images_for(i))  # raises on any failure
+    pids = worker_pids(records(s))
+    for index, pid in pids.items():
+        want = frozenset(slot_cpus(index, 2, mask))
+        cpus = thread_cpus(pid)
+        assert len(cpus) > 3, cpus  # gRPC's and the loop's threads were started after the pinning
+        assert set(cpus.values()) == {want}, (index, cpus)
+        shown = ",".join(str(c) for c in sorted(want))
+        assert any(r["message"] == f"worker {index} pinned to CPU {shown}" for r in records(s))
+    # A restarted worker takes its slot's CPUs again.
+    victim = kill_worker(s, 2)
+    new_pid = wait_restarted(s, 2, victim)
+    wait_for(lambda: ready_indices(records(s)) >= {2} and len(thread_cpus(new_pid)) > 3, "worker 2 back", s)
+    assert set(thread_cpus(new_pid).values()) == {frozenset(slot_cpus(2, 2, mask))}
+    predict_fresh(s.port, images_for(9))
+
+
+@pytest.mark.parametrize(("workers", "cpus", "want"), [
+    (2, [0, 1], [{0}, {1}]),
+    (2, [0, 1, 2, 3, 4], [{0, 1, 2}, {3, 4}]),
+    (3, [0, 1, 2, 3], [{0, 1}, {2}, {3}]),
+    (3, [4, 7], [{4}, {7}, {4}]),  # more workers than CPUs: round robin, the mask's own CPU numbers
+    (4, [3, 2, 1, 0], [{0}, {1}, {2}, {3}]),
+])
+def test_slot_cpus_split_the_mask(workers: int, cpus: list[int], want: list[set[int]]) -> None:
+    from teeserve.serving._workers import slot_cpus
+
+    assert [slot_cpus(i, workers, cpus) for i in range(1, workers + 1)] == want
+
+
+def test_worker_cpu_affinity_values() -> None:
+    assert parse_serve_args(BASE).worker_cpu_affinity == "none"
+    o = parse_serve_args([*BASE, "--workers", "2", "--worker-cpu-affinity", "auto"])
+    assert o.worker_cpu_affinity == "auto"
+    assert o.measured_config() == parse_serve_args([*BASE, "--workers", "2"]).measured_config()
+    with pytest.raises(SystemExit):
+        parse_serve_args([*BASE, "--worker-cpu-affinity", "0-1"])
 
 
 # --- 7. the --workers flag (in-process) -----------------------------------------------------------

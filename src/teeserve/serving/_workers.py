@@ -494,6 +494,8 @@ def worker_main(conn: Connection, index: int) -> None:
     for name in ("teeserve", "grpc"):  # the loggers configure_logging routes
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(_WorkerField(index))
+    if options.worker_cpu_affinity == "auto":
+        pin_to_slot_cpus(index, options.workers)  # before gRPC, the loop or ONNX Runtime start threads: they inherit it
     sender = _Sender(conn)
     code = 0
     try:
@@ -512,6 +514,41 @@ def worker_main(conn: Connection, index: int) -> None:
             conn.close()
     logging.shutdown()
     os._exit(code)  # worker threads (inference, gRPC) are done or abandoned by the drain: leave now
+
+
+def slot_cpus(index: int, workers: int, cpus: set[int] | list[int]) -> set[int]:
+    """``--worker-cpu-affinity auto``: the CPUs of worker ``index`` (1-based) among ``cpus`` (those the
+    supervisor may use). The CPUs are split into ``workers`` consecutive groups whose sizes differ by
+    at most one (4 CPUs, 2 workers: {0, 1} and {2, 3}); with more workers than CPUs, one CPU each, round
+    robin. A restarted worker takes its slot's CPUs again."""
+    ordered = sorted(cpus)
+    if workers >= len(ordered):
+        return {ordered[(index - 1) % len(ordered)]}
+    size, extra = divmod(len(ordered), workers)
+    first = (index - 1) * size + min(index - 1, extra)
+    return set(ordered[first:first + size + (1 if index <= extra else 0)])
+
+
+def pin_to_slot_cpus(index: int, workers: int) -> None:
+    """Pin this worker process, every thread of it, to its slot's CPUs (:func:`slot_cpus`).
+
+    Called first thing in a worker, so the threads gRPC, the event loop and ONNX Runtime start later
+    inherit the mask. Why: with one worker per core, a worker that stays on its core keeps its caches
+    and never shares a core with another worker while a core runs only the load; measured on 2 cores
+    (docs/serving.md, "Several workers"): more requests/s and a shorter latency tail. CPUs that cannot
+    be used (taken away by a cpuset since) leave the worker unpinned, with a warning.
+    """
+    try:
+        chosen = slot_cpus(index, workers, os.sched_getaffinity(0))
+        tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+        for tid in tasks:
+            with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+                os.sched_setaffinity(tid, chosen)
+    except OSError as exc:
+        log.warning("worker %d: cannot pin to its CPUs (%s); it runs on any CPU", index, exc.strerror or exc)
+        return
+    shown = ",".join(str(c) for c in sorted(chosen))
+    log.info("worker %d pinned to CPU %s", index, shown, extra={"worker": index, "cpus": shown})
 
 
 class _Sender:
