@@ -389,6 +389,21 @@ def test_an_empty_host_prefix_is_a_usage_error(work: Path, key: Path) -> None:
     assert proc.returncode == 0 and proc.stdout == b"e.bin\tbound to enc/e.bin\n", proc.stderr
 
 
+def test_an_empty_expected_path_is_a_usage_error(work: Path, key: Path) -> None:
+    """An empty --expected-path (an unset shell variable) was reported as a path mismatch, exit 1."""
+    (work / "m.bin").write_bytes(b"model")
+    assert cli(work, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", "e.bin").returncode == 0
+    for value in ("", ".", "a/.."):
+        proc = cli(work, "decrypt", "-w", "wrap_key", "-i", "e.bin", "-o", "d.bin", "--expected-path", value)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and proc.stdout == b"", err
+        assert err.startswith(f"teeserve: error: --expected-path: {value!r} names no file"), err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert not (work / "d.bin").exists()
+    proc = cli(work, "decrypt", "-w", "wrap_key", "-i", "e.bin", "-o", "d.bin", "--expected-path", "./e.bin")
+    assert proc.returncode == 0 and (work / "d.bin").read_bytes() == b"model", proc.stderr
+
+
 def _tamper_last(enc: Path) -> None:
     """Corrupt the tree's file that sorts last, so the run fails after writing the others."""
     victim = enc / "variables" / "variables.index"

@@ -128,6 +128,9 @@ def _decrypt(args: argparse.Namespace) -> int:
         expected = pf.normalize_path(args.input)
     elif args.expected_path is not None:
         expected = pf.normalize_path(args.expected_path)
+        if not expected:  # "", "." or "a/..": no file is bound to an empty path (an unset variable?)
+            raise UsageError(f"--expected-path: {args.expected_path!r} names no file; give the path the "
+                             "file was encrypted for (as 'teeserve encrypt' printed it)")
     size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
     with _progress(size, "decrypt") as progress:
         pf.decrypt_file(
