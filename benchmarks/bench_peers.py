@@ -29,7 +29,8 @@ Servers (``--servers``, default all of them), each in a single-process configura
 The summary prints the goal ratios twice: best configuration against best configuration (teeserve's
 fastest row against the fastest peer row of the protocol, whatever the process counts: the issue's
 goal), and at equal process counts (teeserve against KServe workers=1 / MLServer, teeserve --workers 2
-against KServe workers=2 / MLServer parallel_workers=1), with p99 against every peer row compared.
+against KServe workers=2 / MLServer parallel_workers=1; of teeserve's two 2-process rows, pinned and
+not, the faster), with p99 against every peer row compared.
 
 How it is fair:
 - Same model file, same request: one real held-out digit (``samples/digit_7_0.png``), batch 1. gRPC

@@ -1,8 +1,9 @@
 """The one onnxruntime session every peer server uses, made exactly as teeserve's ONNX backend makes it.
 
 teeserve (``src/teeserve/serving/backends/_onnx.py``) reads ``model.onnx`` into memory and opens it
-with ``SessionOptions(intra_op_num_threads=N, inter_op_num_threads=M)`` (parallel execution only when
-M > 1) on the CPU provider; the peers do the same here with the same N and M, so the comparison is
+with ``SessionOptions(intra_op_num_threads=N, inter_op_num_threads=M)`` and ONNX Runtime's sequential
+executor (its default; teeserve's parallel one only with ``--onnx-execution-mode=parallel``, which
+bench_peers.py does not give) on the CPU provider; the peers do the same here with the same N and M, so the comparison is
 between servers, not between session settings. Imported by the peer launchers inside their own venvs,
 so only onnxruntime and the standard library are used.
 """
@@ -28,7 +29,5 @@ def open_session(model_path: str | os.PathLike[str]) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(0, intra)
     so.inter_op_num_threads = max(0, inter)
-    if inter > 1:
-        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.log_severity_level = 3
     return ort.InferenceSession(Path(model_path).read_bytes(), so, providers=["CPUExecutionProvider"])

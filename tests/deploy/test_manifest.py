@@ -147,6 +147,7 @@ def test_checked_in_example_is_what_the_renderer_gives() -> None:
                                                 "unrecognized arguments: --no_such_flag=1"),
         ({"serve_args": ("--rest_api_timeout_in_ms=0",)}, "--rest_api_timeout_in_ms must be positive"),
         ({"serve_args": ("--workers=2",)}, "one worker per enclave"),
+        ({"serve_args": ("--worker-cpu-affinity=auto",)}, "--serve-arg --worker-cpu-affinity: it pins --workers"),
     ],
 )
 def test_bad_input_is_refused_with_the_option_named(changes: dict[str, Any], message: str) -> None:

@@ -646,7 +646,7 @@ def thread_cpus(pid: int) -> dict[int, frozenset[int]]:
     """tid -> the CPUs it may run on, for every thread of process ``pid``."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             out[int(tid)] = frozenset(os.sched_getaffinity(int(tid)))
     return out
 
@@ -661,6 +661,8 @@ def test_worker_cpu_affinity_auto_pins_every_thread_of_each_worker_to_its_cpu(
     for i in range(4):
         predict_fresh(s.port, images_for(i))  # raises on any failure
     pids = worker_pids(records(s))
+    if len(mask) >= 2:  # (on one CPU every slot is the whole mask: nothing to tell apart)
+        assert slot_cpus(1, 2, mask) != slot_cpus(2, 2, mask) and len(slot_cpus(1, 2, mask)) < len(mask)
     for index, pid in pids.items():
         want = frozenset(slot_cpus(index, 2, mask))
         cpus = thread_cpus(pid)
@@ -674,6 +676,18 @@ def test_worker_cpu_affinity_auto_pins_every_thread_of_each_worker_to_its_cpu(
     wait_for(lambda: ready_indices(records(s)) >= {2} and len(thread_cpus(new_pid)) > 3, "worker 2 back", s)
     assert set(thread_cpus(new_pid).values()) == {frozenset(slot_cpus(2, 2, mask))}
     predict_fresh(s.port, images_for(9))
+
+
+def test_worker_cpu_affinity_with_one_process_warns_and_pins_nothing(tmp_path: Path, onnx_model_dir: Path) -> None:
+    # (one intra-op thread: with 0, ONNX Runtime pins the threads of its own pool, one per core)
+    s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={onnx_model_dir}",
+                      "--tensorflow_intra_op_parallelism=1", "--worker-cpu-affinity=auto", rest=False)
+    try:
+        predict_fresh(s.port, images_for(0))  # raises on any failure
+        assert "--worker-cpu-affinity=auto has no effect with one serving process" in s.log()
+        assert set(thread_cpus(s.proc.pid).values()) == {frozenset(os.sched_getaffinity(0))}
+    finally:
+        assert s.stop() == 0
 
 
 @pytest.mark.parametrize(("workers", "cpus", "want"), [

@@ -208,6 +208,9 @@ def _check_serve_args(argv: list[str]) -> None:
         options = options_from_args(parser.parse_args(argv))
     except UsageError as exc:
         raise ManifestInputError(f"--serve-arg: teeserve serve would refuse its arguments: {exc}") from None
+    if options.worker_cpu_affinity != "none":
+        raise ManifestInputError("--serve-arg --worker-cpu-affinity: it pins --workers processes, and under "
+                                 "Gramine there is one worker per enclave")
     if options.workers != 1:
         raise ManifestInputError("--serve-arg --workers: under Gramine each worker would be a child enclave of "
                                  "its own; keep one worker per enclave and run more replicas (docs/deploy.md)")

@@ -21,7 +21,7 @@ these attributes of an argparse namespace (missing ones take TF Serving's defaul
 ``load_retry_interval_micros``, ``tensorflow_intra_op_parallelism``,
 ``tensorflow_inter_op_parallelism``, ``tensorflow_session_parallelism``, ``saved_model_tags``,
 ``allow_version_labels_for_unavailable_models``, ``enable_per_model_batching_parameters``,
-``enable_signature_method_name_check``.
+``enable_signature_method_name_check``, and teeserve's ``onnx_execution_mode``.
 
 Request API (all raise :class:`ServingError` with TF Serving's codes and messages, §9):
 ``await predict(ref, signature_name, inputs, output_filter)`` → PredictResult;
@@ -201,7 +201,7 @@ class ServingCore:
                 g("allow_version_labels_for_unavailable_models", False)),
             saved_model_tags=tuple(t for t in (tags if isinstance(tags, str) else ",".join(tags)).split(",")
                                    if t),
-            **extra,
+            **{"onnx_parallel_execution": g("onnx_execution_mode", "sequential") == "parallel", **extra},
         )
         config_file = g("model_config_file", "")
         if config_file:

@@ -258,7 +258,9 @@ class ServerOptions:
         Everything that decides what this server does is included (as Gramine measures the manifest,
         with its command line and environment), so the same command line gives the same measurement
         and ``teeserve serve ... --print-measurement`` tells the policy author what to pin. Only the
-        log settings are left out: they change no behaviour that matters to the model owner.
+        log settings and the capacity options (``--workers``, ``--event-loop``, ``--grpc-server``,
+        ``--onnx-execution-mode``, ``--worker-cpu-affinity``) are left out: they change no behaviour that
+        matters to the model owner.
         """
         import json
         from dataclasses import asdict
@@ -339,8 +341,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     own.add_argument(
         "--worker-cpu-affinity", dest="worker_cpu_affinity", choices=("none", "auto"), default="none",
-        help="with --workers N: auto pins worker i to the i-th CPU this process may use (round robin when "
-        "there are more workers than CPUs), as nginx's worker_cpu_affinity auto; for a host or VM given "
+        help="with --workers N: auto splits the CPUs this process may use into N shares and pins worker i "
+        "(every thread of it) to the i-th (one CPU each with one worker per core; round robin when there "
+        "are more workers than CPUs), as nginx's worker_cpu_affinity auto; for a host or VM given "
         "over to serving, with one worker per core (more requests/s and a shorter latency tail here). "
         "none lets the kernel move them; one serving process is never pinned (default: none)",
     )

@@ -338,8 +338,7 @@ class ModelServer:
         elif o.batching_parameters_file and not o.enable_batching:
             log.warning("--batching_parameters_file is ignored without --enable_batching=true")
         core = ServingCore.from_flags(o, keyring=self.keyring, path_map=o.path_map, model_keys=o.model_keys,
-                                      require_encrypted_models=o.require_encrypted,
-                                      onnx_parallel_execution=o.onnx_execution_mode == "parallel")
+                                      require_encrypted_models=o.require_encrypted)
         if o.model_config_file:
             # A name the config file does not have is most likely a typo (the model would then try
             # the default key); it may also be a model a later reload adds, so this only warns.
@@ -788,6 +787,9 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
         from ._workers import run_workers
 
         return run_workers(options)
+    if options.worker_cpu_affinity != "none":
+        log.warning("--worker-cpu-affinity=%s has no effect with one serving process (--workers 1): it "
+                    "pins --workers processes", options.worker_cpu_affinity)
     from . import _eventloop
 
     return _eventloop.run(serve(options), options.event_loop)

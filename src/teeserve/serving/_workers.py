@@ -196,6 +196,12 @@ class _Supervisor:
         self.metrics_dir = metrics_dir
         self.ctx = mp.get_context("spawn")
         self.workers = [_Worker(i + 1) for i in range(options.workers)]
+        #: --worker-cpu-affinity auto: each slot's CPUs, split once from the supervisor's mask at start,
+        #: so a restarted worker takes its slot's CPUs again and never a running worker's.
+        self.slot_cpus: dict[int, frozenset[int]] = {}
+        if options.worker_cpu_affinity == "auto":
+            mask = os.sched_getaffinity(0)
+            self.slot_cpus = {w.index: frozenset(slot_cpus(w.index, options.workers, mask)) for w in self.workers}
         self._stops = StopSignals()
         self.failure: WorkerFailed | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -284,7 +290,7 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         with contextlib.suppress(OSError):  # a child that died at once: its sentinel reports it
-            parent.send(("start", self.options, self.keys, self.last_reload))
+            parent.send(("start", self.options, self.keys, self.last_reload, self.slot_cpus.get(w.index)))
         w.process, w.conn, w.up, w.restart_at = process, parent, False, None
         log.info("worker %d started", w.index, extra={"worker": w.index, "pid": process.pid})
 
@@ -483,7 +489,8 @@ def worker_main(conn: Connection, index: int) -> None:
     from ._server import configure_logging
 
     try:
-        kind, options, keys, initial_reload = conn.recv()  # initial_reload: (config, file digest) or None
+        # initial_reload: (config, file digest) or None; cpus: --worker-cpu-affinity auto's, else None
+        kind, options, keys, initial_reload, cpus = conn.recv()
     except (EOFError, OSError):
         os._exit(1)
     assert kind == "start"
@@ -494,11 +501,11 @@ def worker_main(conn: Connection, index: int) -> None:
     for name in ("teeserve", "grpc"):  # the loggers configure_logging routes
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(_WorkerField(index))
-    if options.worker_cpu_affinity == "auto":
-        pin_to_slot_cpus(index, options.workers)  # before gRPC, the loop or ONNX Runtime start threads: they inherit it
     sender = _Sender(conn)
     code = 0
     try:
+        if cpus:
+            pin_to_cpus(index, cpus)  # before gRPC, the loop or ONNX Runtime start threads: they inherit it
         from . import _eventloop
 
         code = _eventloop.run(_serve(options, keys, initial_reload, conn, sender), options.event_loop)
@@ -520,7 +527,8 @@ def slot_cpus(index: int, workers: int, cpus: set[int] | list[int]) -> set[int]:
     """``--worker-cpu-affinity auto``: the CPUs of worker ``index`` (1-based) among ``cpus`` (those the
     supervisor may use). The CPUs are split into ``workers`` consecutive groups whose sizes differ by
     at most one (4 CPUs, 2 workers: {0, 1} and {2, 3}); with more workers than CPUs, one CPU each, round
-    robin. A restarted worker takes its slot's CPUs again."""
+    robin. The supervisor splits its mask once, at start: a restarted worker takes its slot's CPUs
+    again."""
     ordered = sorted(cpus)
     if workers >= len(ordered):
         return {ordered[(index - 1) % len(ordered)]}
@@ -529,22 +537,32 @@ def slot_cpus(index: int, workers: int, cpus: set[int] | list[int]) -> set[int]:
     return set(ordered[first:first + size + (1 if index <= extra else 0)])
 
 
-def pin_to_slot_cpus(index: int, workers: int) -> None:
-    """Pin this worker process, every thread of it, to its slot's CPUs (:func:`slot_cpus`).
+def pin_to_cpus(index: int, cpus: frozenset[int]) -> None:
+    """Pin this worker process, every thread of it, to ``cpus``: its slot's share of the CPUs
+    (:func:`slot_cpus`, computed once by the supervisor).
 
     Called first thing in a worker, so the threads gRPC, the event loop and ONNX Runtime start later
     inherit the mask. Why: with one worker per core, a worker that stays on its core keeps its caches
     and never shares a core with another worker while a core runs only the load; measured on 2 cores
-    (docs/serving.md, "Several workers"): more requests/s and a shorter latency tail. CPUs that cannot
-    be used (taken away by a cpuset since) leave the worker unpinned, with a warning.
+    (docs/serving.md, "Several workers"): more requests/s and a shorter latency tail. Only CPUs this
+    process may still use are taken (a cpuset may have shrunk since the supervisor started); with none
+    left, or when the kernel refuses, the worker runs unpinned, with a warning.
     """
+    original = os.sched_getaffinity(0)
+    chosen = set(cpus) & original
+    if not chosen:
+        log.warning("worker %d: none of its CPUs (%s) may be used any more; it runs on any CPU", index,
+                    ",".join(str(c) for c in sorted(cpus)))
+        return
+    tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
     try:
-        chosen = slot_cpus(index, workers, os.sched_getaffinity(0))
-        tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
         for tid in tasks:
             with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
                 os.sched_setaffinity(tid, chosen)
     except OSError as exc:
+        for tid in tasks:  # all or nothing: not half the threads pinned
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, original)
         log.warning("worker %d: cannot pin to its CPUs (%s); it runs on any CPU", index, exc.strerror or exc)
         return
     shown = ",".join(str(c) for c in sorted(chosen))
