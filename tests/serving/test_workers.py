@@ -678,6 +678,23 @@ def test_worker_cpu_affinity_auto_pins_every_thread_of_each_worker_to_its_cpu(
     predict_fresh(s.port, images_for(9))
 
 
+def test_worker_cpu_affinity_warns_when_intra_op_threads_outnumber_a_workers_cpus(
+        start: Callable[..., ServerProcess], onnx_model_dir: Path) -> None:
+    from teeserve.serving._workers import slot_cpus
+
+    mask = os.sched_getaffinity(0)
+    share = min(len(slot_cpus(i, 2, mask)) for i in (1, 2))
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", "--worker-cpu-affinity=auto",
+              f"--tensorflow_intra_op_parallelism={share + 1}", rest=False)
+    predict_fresh(s.port, images_for(0))  # raises on any failure
+    assert any(r["message"] == f"--tensorflow_intra_op_parallelism={share + 1} is more than the {share} CPU(s) "
+               "a pinned worker has (--worker-cpu-affinity auto): its intra-op threads will share them"
+               for r in records(s))
+    assert not any("is more than the" in r["message"] for r in records(
+        start("--model_name=digits", f"--model_base_path={onnx_model_dir}", "--worker-cpu-affinity=auto",
+              f"--tensorflow_intra_op_parallelism={share}", rest=False)))
+
+
 def test_worker_cpu_affinity_with_one_process_warns_and_pins_nothing(tmp_path: Path, onnx_model_dir: Path) -> None:
     # (one intra-op thread: with 0, ONNX Runtime pins the threads of its own pool, one per core)
     s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={onnx_model_dir}",

@@ -202,6 +202,11 @@ class _Supervisor:
         if options.worker_cpu_affinity == "auto":
             mask = os.sched_getaffinity(0)
             self.slot_cpus = {w.index: frozenset(slot_cpus(w.index, options.workers, mask)) for w in self.workers}
+            smallest = min(len(cpus) for cpus in self.slot_cpus.values())
+            if options.tensorflow_intra_op_parallelism > smallest:
+                log.warning("--tensorflow_intra_op_parallelism=%d is more than the %d CPU(s) a pinned worker "
+                            "has (--worker-cpu-affinity auto): its intra-op threads will share them",
+                            options.tensorflow_intra_op_parallelism, smallest)
         self._stops = StopSignals()
         self.failure: WorkerFailed | None = None
         self._wake_r, self._wake_w = socket.socketpair()
