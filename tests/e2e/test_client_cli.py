@@ -110,3 +110,34 @@ def test_bench_rest_duration(deployment, capsys) -> None:
     assert code == 0, out
     doc = json.loads(out.strip().splitlines()[-1])
     assert doc["requests"] > 0 and doc["errors"] == {}
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_bench_loop_0_reports_what_it_measured_when_interrupted(deployment, procs: int) -> None:
+    """-loop 0 runs until Ctrl-C: the interrupt ends the run and the summary gives what was measured
+    until then (it used to print 0 requests and exit 1; with --procs, exit 130 and nothing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    t = deployment.tls
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "teeserve", "client", "bench", "-url", deployment.grpc_url, "-ca", str(t.ca_cert),
+         "-crt", str(t.client_cert), "-key", str(t.client_key), "--server-name", "grpc.tf-serving.service.com",
+         "--model", "digits-onnx", "--input-name", "images", "--shape", "8,8", "-cnum", "2", "-loop", "0",
+         "--procs", str(procs), "--warmup", "1", "--quiet", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(4)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, (out, err)
+    assert "Traceback" not in err, err
+    assert SUMMARY.search(out), out
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["requests"] > 0 and doc["errors"] == {}, doc

@@ -92,11 +92,28 @@ def _tls(args: argparse.Namespace):
     return TlsOptions(ca=args.ca, crt=args.crt, key=args.key, server_name=args.server_name)
 
 
+def _bytes_json(value: object) -> object:
+    """String tensor elements (bytes) in JSON: text when UTF-8, else ``{"b64": ...}`` as TF Serving's
+    REST API writes binary strings."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..client import Target, get_signature, load_inputs, predict, top_k
 
+    if args.top_k < 1:
+        from .._errors import UsageError
+
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     target = Target(args.url, args.model, args.version, args.label, args.signature, args.rest, args.timeout)
     tls = _tls(args)
     sig = get_signature(target, tls)
@@ -106,14 +123,14 @@ def _predict(args: argparse.Namespace) -> int:
     version = f" version {outcome.version}" if outcome.version is not None else ""
     if args.raw:
         print(json.dumps({"model": outcome.model, "version": outcome.version,
-                          "outputs": {k: v.tolist() for k, v in outcome.outputs.items()}}))
+                          "outputs": {k: v.tolist() for k, v in outcome.outputs.items()}}, default=_bytes_json))
         return 0
     probs = next((v for k, v in outcome.outputs.items() if "prob" in k.lower()), None)
     if probs is None:
         floats = [v for v in outcome.outputs.values() if v.dtype.kind == "f" and v.ndim == 2]
         probs = floats[0] if floats else None
     if probs is None:
-        print(json.dumps({k: v.tolist() for k, v in outcome.outputs.items()}))
+        print(json.dumps({k: v.tolist() for k, v in outcome.outputs.items()}, default=_bytes_json))
         return 0
     print(f"model {outcome.model}{version}:")
     for n, row in enumerate(top_k(np.asarray(probs), args.top_k)):
@@ -131,6 +148,20 @@ def _bench(args: argparse.Namespace) -> int:
         from .._errors import UsageError
 
         raise UsageError(f"--shape: expected comma-separated integers, got {args.shape!r}") from None
+    for flag, value, least in (("-cnum", args.cnum, 1), ("-batch", args.batch, 1), ("-loop", args.loop, 0),
+                               ("--procs", args.procs, 1), ("--warmup", args.warmup, 0),
+                               ("--retries", args.retries, 0)):
+        if value < least:
+            from .._errors import UsageError
+
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (before the run, not after it)
+        except ImportError:
+            from .._errors import UsageError
+
+            raise UsageError("--plot needs matplotlib: pip install 'teeserve[plot]'") from None
     cfg = BenchConfig(url=args.url, tls=_tls(args), model=args.model, signature=args.signature,
                       input_name=args.input_name, shape=shape, batch=args.batch, cnum=args.cnum,
                       loop=args.loop, duration=args.duration, warmup=args.warmup, img=args.img, rest=args.rest,

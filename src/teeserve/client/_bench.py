@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import TeeserveError
 from ._channel import TlsOptions
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench", "format_summary"]
@@ -217,10 +218,14 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
                 rec.record(i, j, status, start, time.perf_counter(), first)
                 j += 1
 
-    await asyncio.gather(*(one_task(i) for i in task_ids))
-    progress.close()
-    out.update(lat=rec.lat, fin=rec.fin, errors=dict(rec.errors), first=rec.first,
-               start_wall=window.start_wall, end_wall=time.time(), fin_offset=window.start_wall)
+    try:
+        await asyncio.gather(*(one_task(i) for i in task_ids))
+    finally:
+        # Also when Ctrl-C cancels the run (``-loop 0`` runs until then): what was measured until the
+        # interrupt is the result, the window closing at the interrupt.
+        progress.close()
+        out.update(lat=rec.lat, fin=rec.fin, errors=dict(rec.errors), first=rec.first,
+                   start_wall=window.start_wall, end_wall=time.time(), fin_offset=window.start_wall)
 
 
 async def _rest_task(cfg: BenchConfig, i: int, data: np.ndarray, rec: _Recorder, window: _Window) -> None:
@@ -257,13 +262,51 @@ async def _rest_task(cfg: BenchConfig, i: int, data: np.ndarray, rec: _Recorder,
 
 
 def _proc_main(cfg: BenchConfig, task_ids: list[int], q: Any) -> None:
+    """One ``--procs`` process: always answers the parent, with its measurements or with the error
+    that stopped it (the parent raises it as the single-process run would)."""
     out: dict[str, Any] = {}
     try:
         asyncio.run(_worker_async(cfg, task_ids, out))
     except KeyboardInterrupt:
         pass
+    except TeeserveError as exc:
+        out = {"error": str(exc)}
+    except Exception as exc:  # a bug: the parent reports it rather than waiting for an answer
+        out = {"error": f"internal error in a benchmark process: {type(exc).__name__}: {exc}"}
     sys.stdout.flush()
     q.put(out)
+
+
+def _collect(ps: list[Any], q: Any) -> list[dict[str, Any]]:
+    """The answers of the ``--procs`` processes. Ctrl-C reaches them too (the terminal signals the
+    whole group): keep collecting, each answers with what it measured. A process that died without
+    answering, or that answered with an error, is a ClientError rather than a wait for ever."""
+    import queue
+
+    from ._channel import ClientError
+
+    outs: list[dict[str, Any]] = []
+    while len(outs) < len(ps):
+        try:
+            outs.append(q.get(timeout=0.5))
+        except KeyboardInterrupt:
+            continue
+        except queue.Empty:
+            dead = [p for p in ps if p.exitcode is not None]
+            if len(dead) == len(ps):  # every process has exited: whatever was sent has arrived
+                try:
+                    outs.append(q.get(timeout=0.5))
+                    continue
+                except queue.Empty:
+                    codes = ", ".join(str(p.exitcode) for p in ps)
+                    raise ClientError(f"a benchmark process (--procs) ended without a result (exit statuses "
+                                      f"{codes})") from None
+    for p in ps:
+        p.join()
+    errors = [o["error"] for o in outs if "error" in o]
+    if errors:
+        raise ClientError(errors[0])
+    return outs
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -288,9 +331,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         ps = [ctx.Process(target=_proc_main, args=(cfg, c, q)) for c in chunks]
         for p in ps:
             p.start()
-        outs = [q.get() for _ in ps]
-        for p in ps:
-            p.join()
+        outs = _collect(ps, q)
     starts = [o["start_wall"] for o in outs if o.get("start_wall")]
     ends = [o["end_wall"] for o in outs if o.get("end_wall")]
     e2e = (max(ends) - min(starts)) if starts and ends else 0.0

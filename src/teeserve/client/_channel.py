@@ -37,6 +37,9 @@ class TlsOptions:
         if self.ca is None and (self.crt is not None or self.key is not None):
             raise ClientError("--crt/--key need --ca (the CA that signed the server's certificate): "
                               "without it nothing would be encrypted")
+        if self.ca is None and self.server_name is not None:
+            raise ClientError("--server-name needs --ca: without TLS there is no certificate to check the "
+                              "name against, and the request would go in plaintext")
 
     @property
     def enabled(self) -> bool:
@@ -103,9 +106,27 @@ class Stub:
 def rest_ssl_context(tls: TlsOptions) -> ssl.SSLContext | None:
     if not tls.enabled:
         return None
-    ctx = ssl.create_default_context(cafile=tls.ca)
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"{tls.ca}: not a usable CA certificate ({_reason(exc)})") from None
     if tls.crt or tls.key:
         if not (tls.crt and tls.key):
             raise ClientError("mutual TLS needs both --crt and --key")
-        ctx.load_cert_chain(tls.crt, tls.key)
+
+        def no_password() -> str:
+            raise ClientError(f"{tls.key}: the client key is encrypted; give an unencrypted PEM key")
+
+        try:
+            ctx.load_cert_chain(tls.crt, tls.key, password=no_password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"{tls.crt}, {tls.key}: not a usable client certificate and matching key "
+                              f"({_reason(exc)})") from None
     return ctx
+
+
+def _reason(exc: OSError) -> str:
+    """OpenSSL's reason (``NO_CERTIFICATE_OR_CRL_FOUND``) or the OS error, without the C file name."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason
+    return exc.strerror or str(exc)

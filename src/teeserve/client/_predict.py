@@ -259,6 +259,9 @@ def _rest_request(target: Target, tls: TlsOptions, method: str, path: str, body:
                           "check --ca, --crt/--key and --server-name") from exc
     except OSError as exc:
         raise ClientError(f"{target.address}: {exc}") from exc
+    except http.client.HTTPException as exc:  # e.g. HTTP/2 frames from a gRPC port
+        raise ClientError(f"{target.address}: not an HTTP/1.1 answer ({type(exc).__name__}); is this the REST "
+                          "port, and does it need TLS (--ca)?") from exc
     finally:
         conn.close()
     try:
