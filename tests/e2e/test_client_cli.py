@@ -98,6 +98,15 @@ def test_bench_counts_errors_by_status(deployment, capsys) -> None:
     assert code == 1
     doc = json.loads(out.strip().splitlines()[-1])
     assert doc["errors"] == {"NOT_FOUND": 10} and doc["requests"] == 0
+    # why, and not only how many
+    assert doc["first_error"] == "NOT_FOUND: Servable not found for request: Latest(missing)", doc
+    assert "first error: NOT_FOUND: Servable not found for request: Latest(missing)" in out
+    # each failed request's reference line says so (stdout is not a terminal: the lines are on)
+    assert main(["client", "bench", "-url", deployment.grpc_url, "-ca", str(t.ca_cert), "-crt", str(t.client_cert),
+                 "-key", str(t.client_key), "--server-name", "grpc.tf-serving.service.com", "--model", "missing",
+                 "--input-name", "images", "--shape", "8,8", "-cnum", "1", "-loop", "2", "--warmup", "0"]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("query: ")]
+    assert len(lines) == 2 and all(ln.endswith(", error NOT_FOUND") for ln in lines), lines
 
 
 def test_bench_rest_duration(deployment, capsys) -> None:

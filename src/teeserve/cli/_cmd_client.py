@@ -176,6 +176,8 @@ def _bench(args: argparse.Namespace) -> int:
     if p:
         print(f"latency(ms): p50 {p['p50']:.1f}, p90 {p['p90']:.1f}, p99 {p['p99']:.1f}, max {p['max']:.1f}")
     print(f"requests: {result.requests} ok, errors: {result.errors or 'none'}")
+    if result.first_error:
+        print(f"first error: {result.first_error}")
     if args.json:
         print(json.dumps(result.to_json()))
     if args.plot:

@@ -64,6 +64,9 @@ class BenchResult:
     latencies_ms: list[float]
     finish_times_s: list[float]
     first_response: dict[str, Any] | None = None
+    #: The first failed request's status and the server's (or the transport's) reason, e.g.
+    #: ``NOT_FOUND: Servable not found for request: Latest(missing)``: the counts alone do not say why.
+    first_error: str | None = None
 
     @property
     def tps(self) -> float:
@@ -78,7 +81,8 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"cnum": self.cnum, "batch": self.batch, "e2e_time_s": self.e2e_s, "requests": self.requests,
-                "tps": self.tps, "latency_ms": self.percentiles(), "errors": self.errors}
+                "tps": self.tps, "latency_ms": self.percentiles(), "errors": self.errors,
+                "first_error": self.first_error}
 
 
 def format_summary(r: BenchResult) -> str:
@@ -149,9 +153,10 @@ class _Recorder:
         self.fin: list[float] = []
         self.errors: Counter[str] = Counter()
         self.first: dict[str, Any] | None = None
+        self.first_error: str | None = None
 
     def record(self, task: int, loop_idx: int, status: str, start: float, end: float,
-               first: Callable[[], dict[str, Any]]) -> None:
+               first: Callable[[], dict[str, Any]], detail: str = "") -> None:
         ms = (end - start) * 1000
         if status == "OK":
             self.lat.append(ms)
@@ -160,10 +165,14 @@ class _Recorder:
                 self.first = first()
         else:
             self.errors[status] += 1
+            if self.first_error is None:
+                self.first_error = f"{status}: {detail}" if detail else status
         self.progress.tick(status == "OK")
         if self.verbose:
+            # The reference client's line; a failed request says so at its end.
+            failed = "" if status == "OK" else f", error {status}"
             print(f"query: {self.channel} channel, task {task}, batch {self.cfg.batch}, loop_idx {loop_idx}, "
-                  f"latency(ms) {ms:.1f}, tps: {self.cfg.batch / (ms / 1000):.1f}", flush=False)
+                  f"latency(ms) {ms:.1f}, tps: {self.cfg.batch / (ms / 1000):.1f}{failed}", flush=False)
 
 
 async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, Any]) -> None:
@@ -198,14 +207,14 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
             j = 0
             while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
                 start = time.perf_counter()
-                status, resp = "OK", None
+                status, resp, detail = "OK", None, ""
                 for attempt in range(cfg.retries + 1):
                     try:
                         resp = await stub.Predict(req, timeout=cfg.timeout)
                         status = "OK"
                         break
                     except grpc.RpcError as exc:
-                        status = exc.code().name
+                        status, detail = exc.code().name, str(exc.details() or "")[:300]
                         if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == cfg.retries:
                             break
                         await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
@@ -215,7 +224,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
 
                     return json_format.MessageToDict(resp)
 
-                rec.record(i, j, status, start, time.perf_counter(), first)
+                rec.record(i, j, status, start, time.perf_counter(), first, detail)
                 j += 1
 
     try:
@@ -224,7 +233,7 @@ async def _worker_async(cfg: BenchConfig, task_ids: list[int], out: dict[str, An
         # Also when Ctrl-C cancels the run (``-loop 0`` runs until then): what was measured until the
         # interrupt is the result, the window closing at the interrupt.
         progress.close()
-        out.update(lat=rec.lat, fin=rec.fin, errors=dict(rec.errors), first=rec.first,
+        out.update(lat=rec.lat, fin=rec.fin, errors=dict(rec.errors), first=rec.first, first_error=rec.first_error,
                    start_wall=window.start_wall, end_wall=time.time(), fin_offset=window.start_wall)
 
 
@@ -251,13 +260,15 @@ async def _rest_task(cfg: BenchConfig, i: int, data: np.ndarray, rec: _Recorder,
         j = 0
         while (cfg.loop == 0 or j < cfg.loop) and (deadline is None or time.perf_counter() < deadline):
             start = time.perf_counter()
-            r = None
+            r, detail = None, ""
             try:
                 r = await client.post(url, content=body, headers=headers, extensions=ext)
                 status = "OK" if r.status_code == 200 else f"HTTP_{r.status_code}"
+                if r.status_code != 200:
+                    detail = r.text[:300]
             except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            rec.record(i, j, status, start, time.perf_counter(), lambda r=r: r.json())
+                status, detail = type(exc).__name__, str(exc)[:300]
+            rec.record(i, j, status, start, time.perf_counter(), lambda r=r: r.json(), detail)
             j += 1
 
 
@@ -346,8 +357,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     for o in outs:
         errors.update(o.get("errors", {}))
     first = next((o["first"] for o in outs if o.get("first") is not None), None)
+    first_error = next((o["first_error"] for o in outs if o.get("first_error")), None)
     return BenchResult(cnum=cfg.cnum, batch=cfg.batch, e2e_s=e2e, requests=len(lat), errors=dict(errors),
-                       latencies_ms=lat, finish_times_s=fin, first_response=first)
+                       latencies_ms=lat, finish_times_s=fin, first_response=first, first_error=first_error)
 
 
 def plot(result: BenchResult, path: str) -> None:
