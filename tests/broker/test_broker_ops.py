@@ -72,6 +72,96 @@ def test_cli_usage_errors(broker_dir: Path, pki: Any, capsys: Any) -> None:
     assert "missing.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--rate", "nan"], "--rate must be a finite number > 0 (got nan)"),
+    (["--rate", "inf"], "--rate must be a finite number > 0 (got inf)"),
+    (["--timeout", "nan"], "--timeout must be a finite number of seconds > 0, got nan"),
+    (["--timeout", "inf"], "--timeout must be a finite number of seconds > 0, got inf"),
+    (["--reload-interval", "nan"], "--reload-interval must be a finite number of seconds > 0, got nan"),
+    (["--timeout", "0"], "--timeout must be a finite number of seconds > 0, got 0"),
+])
+def test_non_finite_limits_are_usage_errors(broker_dir: Path, pki: Any, capsys: Any, flags: list[str],
+                                            message: str) -> None:
+    """nan passed the old `<= 0` checks: --rate nan let every attempt through, --reload-interval nan
+    spun a core, --timeout inf removed the limit on slow clients."""
+    base = ["broker", "--policy", str(broker_dir / "policy.toml"), "--cert", str(pki.cert), "--key", str(pki.key),
+            "--listen", "127.0.0.1:0", "--audit", str(broker_dir / "a.db")]
+    assert main([*base, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (broker_dir / "a.db").exists()  # nothing started
+
+
+def test_unusable_audit_database_is_named(broker_dir: Path, pki: Any, capsys: Any) -> None:
+    """Used to be an internal error (exit 70) without the file's name."""
+    not_db = broker_dir / "not.db"
+    not_db.write_bytes(b"this is no SQLite database, just text " * 40)
+    assert main(["broker", "audit", "--audit", str(not_db)]) == 2
+    err = capsys.readouterr().err
+    assert f"--audit {not_db}: not a usable audit database" in err and "Traceback" not in err, err
+    base = ["broker", "--policy", str(broker_dir / "policy.toml"), "--cert", str(pki.cert), "--key", str(pki.key),
+            "--listen", "127.0.0.1:0"]
+    for target in (not_db, broker_dir):  # a file that is not SQLite; a directory
+        assert main([*base, "--audit", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--audit {target}: not a usable audit database" in err and err.count("\n") == 1, err
+
+
+def test_audit_listing_survives_an_edited_time_column(start_broker, pki, sim_keys, capsys) -> None:
+    run = start_broker()
+    obtain(run.addr, pki.ca, sim_keys.key)
+    db = str(run.dir / "audit.db")
+    run.server.stop()
+    run.audit.close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE audit SET time = 'yesterday'")
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    assert main(["broker", "audit", "--audit", db, "--verify"]) == 1
+    cap = capsys.readouterr()
+    assert "(unreadable time 'yesterday')" in cap.out and "audit chain BROKEN" in cap.err, cap
+
+
+def test_a_policy_edit_that_breaks_the_parser_does_not_stop_reloads(start_broker, pki, sim_keys, caplog) -> None:
+    """Arrays nested thousands deep raised RecursionError, and a NUL byte in a secret's path
+    ValueError: either ended the watcher thread, and later edits (revocations) were ignored."""
+    run = start_broker()
+    run.holder.start_watching(0.05)
+    good_text = run.policy_path.read_text()
+    run.policy_path.write_text(good_text + "\ndeep = " + "[" * 5000 + "]" * 5000 + "\n")
+    _wait(lambda: run.holder.stale)
+    assert "nested too deeply" in (run.holder.last_error or "")
+    assert obtain(run.addr, pki.ca, sim_keys.key) == {"default": DEFAULT_KEY}  # the old policy still serves
+    run.policy_path.write_text(good_text.replace(MR_ENCLAVE.hex(), "77" * 32, 1))  # a revocation, later
+    _wait(lambda: run.holder.generation == 2)
+    with pytest.raises(KeyReleaseDenied):
+        obtain(run.addr, pki.ca, sim_keys.key)
+
+
+def test_a_policy_file_still_being_written_is_not_judged_yet(broker_dir: Path) -> None:
+    import threading
+
+    path = broker_dir / "policy.toml"
+    holder = PolicyHolder(path, have_collateral=False)
+    assert holder._settled(pause=0.05)  # nobody writes: settled
+    text = path.read_text()
+    path.write_text("")  # a save that truncated first ...
+    t = threading.Timer(0.1, lambda: path.write_text(text + "\n"))  # ... and writes during the pause
+    t.start()
+    try:
+        assert holder.changed() and not holder._settled(pause=0.6)
+    finally:
+        t.join()
+    assert holder.changed() and holder._settled(pause=0.05) and holder.reload("test")
+    assert holder.generation == 2 and not holder.stale
+
+
+def test_secret_file_with_a_toml_policy_is_refused(broker_dir: Path) -> None:
+    with pytest.raises(PolicyInvalid, match="--secret-file applies to an ra_config.json policy only"):
+        PolicyHolder(broker_dir / "policy.toml", have_collateral=False, secret_file=str(broker_dir / "k"))
+
+
 def test_missing_default_secret_or_key_file_or_collateral(broker_dir: Path, sim_keys: Any, mr_enclave: str) -> None:
     path = broker_dir / "policy.toml"
     text = policy_text(sim_keys, mr_enclave)

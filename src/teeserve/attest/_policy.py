@@ -306,6 +306,8 @@ def read_secret(policy: Policy, name: str) -> bytes:
         data = sp.file.read_bytes()
     except OSError as exc:
         raise PolicyInvalid(policy.source, key, f"cannot read {os.fspath(sp.file)}: {exc.strerror}") from exc
+    except ValueError as exc:  # e.g. an embedded NUL byte in the path
+        raise PolicyInvalid(policy.source, key, f"not a usable path {os.fspath(sp.file)!r}: {exc}") from exc
     try:
         return encode_secret(data, sp.format, where=os.fspath(sp.file))
     except ValueError as exc:

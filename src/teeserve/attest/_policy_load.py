@@ -314,7 +314,7 @@ def parse_ra_config(doc: Any, *, source: str = "ra_config.json") -> list[SgxIden
 def _read_json(path: Path) -> Any:
     try:
         text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise PolicyInvalid(os.fspath(path), "", f"cannot read: {reason}") from exc
     if not text.strip():
@@ -323,6 +323,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyInvalid(os.fspath(path), "", f"not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    except RecursionError:
+        raise PolicyInvalid(os.fspath(path), "", "not a usable JSON document: nested too deeply") from None
 
 
 def load_policy(path: str | os.PathLike[str], *, secret_file: str | os.PathLike[str] | None = None) -> Policy:
@@ -351,4 +353,9 @@ def load_policy(path: str | os.PathLike[str], *, secret_file: str | os.PathLike[
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PolicyInvalid(source, "", f"not valid TOML: {exc}") from exc
+    except RecursionError:  # arrays nested thousands deep
+        raise PolicyInvalid(source, "", "not a usable TOML document: nested too deeply") from None
+    if secret_file is not None:
+        raise PolicyInvalid(source, "", "--secret-file applies to an ra_config.json policy only; a TOML policy "
+                            "names each secret's file in [secrets.NAME] file = ...")
     return parse_policy(doc, source=source, base_dir=p.parent)

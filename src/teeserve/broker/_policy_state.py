@@ -109,7 +109,10 @@ class PolicyHolder:
             self._stat = _stat_key(self.path)
             try:
                 policy = self._load()
-            except PolicyInvalid as exc:
+            except Exception as exc:  # PolicyInvalid, or anything a bad edit provokes: keep watching
+                if not isinstance(exc, PolicyInvalid):
+                    log.exception("policy reload (%s): unexpected %s", why, type(exc).__name__)
+                    exc = PolicyInvalid(self.path, "", f"cannot be loaded: {type(exc).__name__}: {exc}")
                 self.stale = True
                 self.last_error = str(exc)
                 log.error(
@@ -133,6 +136,15 @@ class PolicyHolder:
         """Whether the file's (mtime, size, inode) differs from the last load attempt."""
         return _stat_key(self.path) != self._stat
 
+    def _settled(self, pause: float = 0.1) -> bool:
+        """Whether the file has stopped changing: a save that truncates and then writes (``>``, many
+        tools) can be seen half written, and would be logged as a REJECTED reload for nothing. A
+        file still changing is looked at again on the next poll."""
+        before = _stat_key(self.path)
+        if self._stop.wait(pause):
+            return False
+        return _stat_key(self.path) == before
+
     def request_reload(self) -> None:
         """Ask the watcher thread to reload soon (safe to call from a signal handler)."""
         self._reload_requested.set()
@@ -150,7 +162,7 @@ class PolicyHolder:
                 if fired:
                     self._reload_requested.clear()
                     self.reload("SIGHUP")
-                elif self.changed():
+                elif self.changed() and self._settled():
                     self.reload("file changed")
 
         self._thread = threading.Thread(target=loop, name="broker-policy-watch", daemon=True)

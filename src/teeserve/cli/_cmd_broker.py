@@ -153,10 +153,13 @@ def _run(args: argparse.Namespace) -> int:
     host, port = _hostport(args.listen, "--listen")
     if args.max_clients < 1:
         raise UsageError("--max-clients must be at least 1")
-    if args.rate <= 0 or args.burst < 1:
-        raise UsageError("--rate must be > 0 and --burst >= 1")
-    if args.timeout <= 0 or args.reload_interval <= 0:
-        raise UsageError("--timeout and --reload-interval must be positive")
+    import math
+
+    if not (math.isfinite(args.rate) and args.rate > 0) or args.burst < 1:
+        raise UsageError(f"--rate must be a finite number > 0 (got {args.rate:g}) and --burst >= 1")
+    for flag, value in (("--timeout", args.timeout), ("--reload-interval", args.reload_interval)):
+        if not (math.isfinite(value) and value > 0):  # nan/inf would switch the limit off or spin
+            raise UsageError(f"{flag} must be a finite number of seconds > 0, got {value:g}")
     _setup_logging(args.log_level)
     log = logging.getLogger("teeserve.broker")
 
@@ -206,8 +209,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+def _utc(ts: object) -> str:
+    """A row's time; a value that is no timestamp (an edited row) is shown as it is, marked."""
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"(unreadable time {ts!r})"
 
 
 def _audit(args: argparse.Namespace) -> int:
