@@ -79,6 +79,7 @@ def test_cli_usage_errors(broker_dir: Path, pki: Any, capsys: Any) -> None:
     (["--timeout", "inf"], "--timeout must be a finite number of seconds > 0, got inf"),
     (["--reload-interval", "nan"], "--reload-interval must be a finite number of seconds > 0, got nan"),
     (["--timeout", "0"], "--timeout must be a finite number of seconds > 0, got 0"),
+    (["--max-clients-per-address", "-1"], "--max-clients-per-address must be 0 (no limit) or positive"),
 ])
 def test_non_finite_limits_are_usage_errors(broker_dir: Path, pki: Any, capsys: Any, flags: list[str],
                                             message: str) -> None:

@@ -266,6 +266,39 @@ def test_silent_client_does_not_block_others(server_factory, pki, credentials) -
             silent.recv(1)  # still connected and waiting: it did not hold anyone up
 
 
+def test_max_per_address_closes_one_hosts_excess_connections_before_tls(server_factory, pki, credentials,
+                                                                         caplog) -> None:
+    """One host holding connections open without a handshake could take every slot; with a limit per
+    address its excess connections are closed at once and another address is still served."""
+    server = server_factory(max_clients=4, max_per_address=2, timeout=30)
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while sum(server._per_address.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", server.port)) as excess:
+            excess.settimeout(10)
+            assert excess.recv(1) == b""  # closed by the server, before any TLS byte
+        assert "127.0.0.1 already has 2 sessions in progress" in caplog.text
+        other = socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.2", 0))
+        with other:
+            time.sleep(0.3)
+            other.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                other.recv(1)  # accepted and waiting for its ClientHello: another address is served
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while server._per_address and time.monotonic() < deadline:  # the sessions end with their sockets
+        time.sleep(0.05)
+    assert fetch(server, pki, credentials) == WRAP_KEY
+    deadline = time.monotonic() + 10
+    while server._per_address and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server._per_address == {}  # every session counted out again
+
+
 def test_slow_client_frees_its_slot_after_timeout(server_factory, pki, credentials, tmp_path) -> None:
     # one slot only: a client that never sends its ClientHello, then one that stalls after the handshake
     server = server_factory(max_clients=1, timeout=0.5)

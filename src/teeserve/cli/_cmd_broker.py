@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics")
     p.add_argument("--max-clients", type=int, default=64, metavar="N",
                    help="sessions served at once (default 64)")  # fmt: skip
+    p.add_argument("--max-clients-per-address", type=int, default=0, metavar="N",
+                   help="sessions served at once for one client address; more are closed before TLS, so "
+                        "one host cannot hold every slot (default 0: no limit, as TEEs behind one NAT or a "
+                        "proxy share an address)")  # fmt: skip
     p.add_argument("--rate", type=float, default=2.0, metavar="R",
                    help="attempts per second allowed per client address (default 2)")  # fmt: skip
     p.add_argument("--burst", type=int, default=10, metavar="B",
@@ -153,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     host, port = _hostport(args.listen, "--listen")
     if args.max_clients < 1:
         raise UsageError("--max-clients must be at least 1")
+    if args.max_clients_per_address < 0:
+        raise UsageError("--max-clients-per-address must be 0 (no limit) or positive")
     import math
 
     if not (math.isfinite(args.rate) and args.rate > 0) or args.burst < 1:
@@ -173,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     limiter = RateLimiter(args.rate, args.burst)
     broker = KeyBroker(holder, collateral=collateral, audit=audit, rate_limiter=limiter, metrics=metrics)
     server = broker.server(host, port, args.cert, args.key, max_clients=args.max_clients,
-                           timeout=args.timeout)  # fmt: skip
+                           max_per_address=args.max_clients_per_address, timeout=args.timeout)  # fmt: skip
     if args.metrics_listen:
         m_host, m_port = _hostport(args.metrics_listen, "--metrics-listen")
         try:

@@ -128,6 +128,11 @@ class ProvisionServer:
         authorize: ``authorize(peer_cert_der, (host, port)) -> bytes | None``; called in a worker thread
             after a well-formed request; return the secret, or None to refuse. An exception counts as refusal.
         max_clients: sessions served at once; more wait in the listen backlog.
+        max_per_address: sessions served at once for one client address (0, the default: no
+            limit): with a limit, one host opening connections that never finish their handshake
+            cannot take every slot (each is held up to ``timeout`` seconds). A connection over the
+            limit is closed at once, before TLS. Off by default: TEEs behind one NAT, a proxy, or a
+            test on loopback all come from one address.
         timeout: seconds allowed for the TLS handshake, and again for reading the request.
         min_tls, max_tls: ``"1.2"`` or ``"1.3"``.
         on_provisioned: optional ``callback(ServerSession)`` run after the secret is sent.
@@ -142,6 +147,7 @@ class ProvisionServer:
         authorize: Authorize,
         *,
         max_clients: int = 64,
+        max_per_address: int = 0,
         timeout: float = 10.0,
         min_tls: str = "1.2",
         max_tls: str | None = None,
@@ -152,6 +158,8 @@ class ProvisionServer:
             raise ValueError("max_clients must be at least 1")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if max_per_address < 0:
+            raise ValueError("max_per_address must be 0 (no limit) or positive")
         self.host = host
         self._requested_port = port
         self._ctx = server_context(cert_path, key_path, min_version=min_tls, max_version=max_tls)
@@ -161,6 +169,8 @@ class ProvisionServer:
         self.timeout = timeout
         self._backlog = backlog
         self._slots = threading.BoundedSemaphore(max_clients)
+        self.max_per_address = max_per_address
+        self._per_address: dict[str, int] = {}  # sessions in progress by client address (_workers_lock)
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -237,6 +247,18 @@ class ProvisionServer:
                 log.exception("accept failed")
                 time.sleep(0.1)
                 continue
+            host = addr[0]
+            with self._workers_lock:
+                busy = self._per_address.get(host, 0)
+                over = bool(self.max_per_address) and busy >= self.max_per_address
+                if not over:
+                    self._per_address[host] = busy + 1
+            if over:
+                log.warning("provisioning: %s already has %d sessions in progress (the most one address may "
+                            "have); connection from %s:%d closed", host, busy, *addr[:2])
+                sock.close()
+                self._slots.release()
+                continue
             worker = threading.Thread(
                 target=self._session, args=(sock, addr[:2]), name="provision-session", daemon=True
             )
@@ -248,8 +270,17 @@ class ProvisionServer:
                 log.error("cannot start a session thread; dropping %s:%d", *addr[:2])
                 with self._workers_lock:
                     self._workers.discard(worker)
+                    self._leave(host)
                 sock.close()
                 self._slots.release()
+
+    def _leave(self, host: str) -> None:
+        """One session of ``host`` ended (caller holds ``_workers_lock``)."""
+        left = self._per_address.get(host, 1) - 1
+        if left > 0:
+            self._per_address[host] = left
+        else:
+            self._per_address.pop(host, None)
 
     # -- one session -----------------------------------------------------------------------------
 
@@ -331,6 +362,7 @@ class ProvisionServer:
             self._slots.release()
             with self._workers_lock:
                 self._workers.discard(threading.current_thread())
+                self._leave(peer[0])
 
     def _serve(self, tls: SSL.Connection, peer: tuple[str, int], where: str) -> None:
         chain = tls.get_peer_cert_chain(as_cryptography=True) or []
