@@ -137,7 +137,10 @@ def test_bench_loop_0_reports_what_it_measured_when_interrupted(deployment, proc
          "-crt", str(t.client_cert), "-key", str(t.client_key), "--server-name", "grpc.tf-serving.service.com",
          "--model", "digits-onnx", "--input-name", "images", "--shape", "8,8", "-cnum", "2", "-loop", "0",
          "--procs", str(procs), "--warmup", "1", "--quiet", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a terminal: a test run started in the background (CI, `make test &`) has SIGINT
+        # ignored, the child would inherit that, and Python then installs no Ctrl-C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(4)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
