@@ -325,3 +325,43 @@ def test_against_a_plain_provisioning_server(pki, sim_keys) -> None:
             obtain(addr, pki.ca, sim_keys.key, ("default", "model-key"))
     finally:
         server.stop()
+
+
+def test_a_named_request_sent_a_byte_at_a_time_ends_with_the_timeout(start_broker, pki, sim_keys) -> None:
+    """`--timeout` bounds each named request as a whole: it used to restart with every read, so an
+    attested client sending one byte every so often held its session (and a slot) for hours."""
+    import time
+
+    from teeserve.broker._extension import encode_request
+
+    run = start_broker(timeout=1.0)
+    creds = sim_credentials(sim_keys.key)
+
+    async def drip() -> float:
+        async with provision.open_session(run.addr, pki.ca, creds, timeout=10) as session:
+            assert session.secret == DEFAULT_KEY
+
+            async def closed() -> None:
+                try:
+                    while await session.receive():
+                        pass
+                except Exception:  # noqa: BLE001 - a reset is a close too
+                    pass
+
+            watcher = asyncio.ensure_future(closed())
+            t0 = time.monotonic()
+            for byte in encode_request("hex-key")[:-1]:  # never complete
+                if watcher.done():
+                    break
+                try:
+                    await session.send(bytes([byte]))
+                except Exception:  # noqa: BLE001 - the server has gone
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.wait_for(watcher, 10)
+            return time.monotonic() - t0
+
+    elapsed = asyncio.run(drip())
+    # closed after about 1 s, long before the ~7 s the 36 bytes take at this pace
+    assert elapsed < 3.0, elapsed
+    good(run, pki, sim_keys)  # and the broker serves on

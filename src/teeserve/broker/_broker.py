@@ -187,11 +187,15 @@ class KeyBroker:
         parser = RequestParser()
         served = 0
         try:
+            deadline = session.deadline()  # for the whole of the next request, however it is cut up
             while True:
-                data = session.receive()
+                data = session.receive(deadline)
                 if not data:
                     return
-                for name in parser.feed(data):
+                names = parser.feed(data)
+                if names:
+                    deadline = session.deadline()
+                for name in names:
                     served += 1
                     if served > self.max_named_requests:
                         raise ExtensionProtocolError(f"more than {self.max_named_requests} named requests")

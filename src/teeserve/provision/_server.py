@@ -107,9 +107,17 @@ class ServerSession:
         """Send application bytes."""
         self._server._send_all(self._tls, self._conn.send(Data(data)), self._server._deadline())
 
-    def receive(self) -> bytes:
-        """Receive application bytes; ``b""`` when the client closed the session."""
-        deadline = self._server._deadline()
+    def deadline(self) -> float:
+        """A ``time.monotonic()`` deadline ``timeout`` seconds from now (for :meth:`receive`)."""
+        return self._server._deadline()
+
+    def receive(self, deadline: float | None = None) -> bytes:
+        """Receive application bytes; ``b""`` when the client closed the session. Waits until
+        ``deadline`` (default: ``timeout`` seconds from now); a caller that reads one request in
+        several pieces passes the same deadline to each read, so a client sending a byte at a
+        time cannot hold the session for longer than ``timeout`` per request."""
+        if deadline is None:
+            deadline = self._server._deadline()
         while True:
             event = self._conn.next_event()
             if isinstance(event, Data):
