@@ -81,6 +81,16 @@ def test_rest_tls_files_are_named(capsys: pytest.CaptureFixture[str], tmp_path: 
     err = one_line_error(capsys, [*base, "--ca", str(tls.ca_cert), "--crt", str(tls.client_cert),
                                   "--key", str(tls.server_key)], 1)
     assert f"{tls.client_cert}, {tls.server_key}: not a usable client certificate and matching key" in err, err
+    # an encrypted key: an error, not OpenSSL's pass-phrase prompt on the terminal
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(tls.client_key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    err = one_line_error(capsys, [*base, "--ca", str(tls.ca_cert), "--crt", str(tls.client_cert),
+                                  "--key", str(encrypted)], 1)
+    assert f"{encrypted}: the client key is encrypted" in err, err
 
 
 def test_rest_predict_on_a_port_that_is_not_http_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
