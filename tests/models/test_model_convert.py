@@ -129,6 +129,37 @@ def test_frozen_graph_straight_to_onnx(frozen_pb: Path, tmp_path: Path, capsys: 
     assert (tmp_path / "m" / "1" / "saved_model.pb").is_file()
 
 
+def test_frozen_graph_with_an_existing_onnx_out_is_refused_before_converting(
+        frozen_pb: Path, tmp_path: Path, capsys: Capture) -> None:
+    """The SavedModel used to be written first and left behind when --onnx-out then existed."""
+    onnx_out = tmp_path / "m-onnx" / "1" / "model.onnx"
+    onnx_out.parent.mkdir(parents=True)
+    onnx_out.write_bytes(b"the user's")
+    rc = main(["model", "convert", "--frozen-graph", str(frozen_pb), "--export-dir", str(tmp_path / "m"),
+               "--inputs", "images", "--outputs", "classes", "--onnx-out", str(onnx_out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and str(onnx_out) in err and "exists" in err, err
+    assert not (tmp_path / "m").exists() and onnx_out.read_bytes() == b"the user's"
+
+
+def test_a_failed_onnx_step_removes_the_saved_model_it_made(frozen_pb: Path, tmp_path: Path, capsys: Capture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: object, **kw: object) -> None:
+        raise models.VerificationError("ONNX disagrees (a stand-in for a failed conversion)")
+
+    monkeypatch.setattr(models, "saved_model_to_onnx", broken)
+    (tmp_path / "kept").mkdir()  # an export dir that exists keeps everything but the new version
+    (tmp_path / "kept" / "2").mkdir()
+    for export_dir, gone in ((tmp_path / "new", tmp_path / "new"), (tmp_path / "kept", tmp_path / "kept" / "1")):
+        rc = main(["model", "convert", "--frozen-graph", str(frozen_pb), "--export-dir", str(export_dir),
+                   "--inputs", "images", "--outputs", "classes",
+                   "--onnx-out", str(tmp_path / "o" / "1" / "model.onnx")])
+        err = capsys.readouterr().err
+        assert rc != 0 and "a stand-in for a failed conversion" in err and f"removed {gone}" in err, err
+        assert not gone.exists()
+    assert (tmp_path / "kept" / "2").is_dir() and not (tmp_path / "o").exists()
+
+
 # --- errors: one line naming the problem, non-zero exit, nothing written ------------------------
 
 

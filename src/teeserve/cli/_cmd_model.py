@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -146,11 +147,36 @@ def _convert(args: argparse.Namespace) -> int:
                                   ("--outputs", args.outputs)) if not v]
         if missing:
             raise UsageError(f"--frozen-graph needs {', '.join(missing)}")
+        if args.onnx_out is not None:  # before minutes of conversion, not after them
+            from ..models._layout import check_absent
+
+            check_absent(Path(args.onnx_out), args.force)
+        export_dir = Path(args.export_dir)
+        version_dir = export_dir / str(args.version)
+        # What this run makes, removed again if the ONNX step fails ("on any error nothing is
+        # written"); a version replaced with --force cannot be given back.
+        made = None if version_dir.exists() else (version_dir if export_dir.exists() else export_dir)
         print(f"converting frozen graph {args.frozen_graph} ...", file=sys.stderr)
         saved_model = models.frozen_graph_to_saved_model(
             args.frozen_graph, args.export_dir, args.version, args.inputs, args.outputs,
             force=args.force, verify=verify, log=_say,
         )
+        if args.onnx_out is not None:
+            print(f"SavedModel: {saved_model}")
+            print(f"converting SavedModel {saved_model} to ONNX ...", file=sys.stderr)
+            try:
+                onnx_path = models.saved_model_to_onnx(
+                    saved_model, args.onnx_out, opset=args.opset, signature=args.signature,
+                    force=args.force, verify=verify, log=_say,
+                )
+            except BaseException:
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
+                    print(f"removed {made}: the ONNX step failed", file=sys.stderr)
+                raise
+            print(f"ONNX: {onnx_path}")
+            print(f"done in {time.monotonic() - started:.1f} s", file=sys.stderr)
+            return 0
         print(f"SavedModel: {saved_model}")
     else:
         frozen_only = (
