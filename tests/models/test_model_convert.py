@@ -260,6 +260,23 @@ def test_bad_saved_model_and_signature(converted, tmp_path: Path, capsys: Captur
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--saved-model", "m/1", "--onnx-out", "x.onnx", "--version", "2"], "--version applies to --frozen-graph"),
+    (["--frozen-graph", "g.pb", "--export-dir", "m", "--inputs", "a", "--outputs", "b", "--opset", "13"],
+     "--opset applies to the ONNX step: give --onnx-out with it"),
+    (["--frozen-graph", "g.pb", "--export-dir", "m", "--inputs", "a", "--outputs", "b", "--signature", "s"],
+     "--signature applies to the ONNX step: give --onnx-out with it"),
+])
+def test_flags_that_would_change_nothing_are_refused(tmp_path: Path, capsys: Capture, extra: list[str],
+                                                     message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They used to be ignored silently (exit 0 with the flag's effect missing)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["model", "convert", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_usage_errors(frozen_pb: Path, tmp_path: Path, capsys: Capture) -> None:
     assert main(["model", "convert", "--frozen-graph", str(frozen_pb), "--export-dir", str(tmp_path)]) == 2
     assert "--frozen-graph needs --inputs, --outputs" in capsys.readouterr().err

@@ -81,7 +81,8 @@ def register(subparsers: Any) -> None:
     src.add_argument("--frozen-graph", type=Path, metavar="PB", help="frozen GraphDef (.pb) to convert")
     src.add_argument("--saved-model", type=Path, metavar="DIR", help="SavedModel version folder to convert")
     conv.add_argument("--export-dir", type=Path, metavar="DIR", help="model base folder for the SavedModel")
-    conv.add_argument("--version", type=int, default=1, help="model version (default 1)")
+    conv.add_argument("--version", type=int, default=None,
+                      help="with --frozen-graph: the SavedModel's version folder (default 1)")
     conv.add_argument("--inputs", metavar="NAMES", help="input tensor names, comma-separated (e.g. input)")
     conv.add_argument(
         "--outputs", metavar="NAMES", help="output tensor names, comma-separated (e.g. predict)"
@@ -90,7 +91,8 @@ def register(subparsers: Any) -> None:
         "--onnx-out", type=Path, metavar="FILE", help="write ONNX here (e.g. models/m-onnx/1/model.onnx)"
     )
     conv.add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's default)")
-    conv.add_argument("--signature", default="serving_default", help="signature to convert to ONNX")
+    conv.add_argument("--signature", default=None,
+                      help="with --onnx-out: the signature to convert to ONNX (default serving_default)")
     conv.add_argument("--no-verify", action="store_true", help="skip the output comparison (not recommended)")
     conv.add_argument("--force", action="store_true", help="replace existing outputs")
     conv.set_defaults(func=_convert)
@@ -142,6 +144,15 @@ def _convert(args: argparse.Namespace) -> int:
 
     verify = not args.no_verify
     started = time.monotonic()
+    # Flags that would change nothing here are refused, not ignored.
+    if args.onnx_out is None:
+        for flag, value in (("--opset", args.opset), ("--signature", args.signature)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to the ONNX step: give --onnx-out with it")
+    if args.frozen_graph is None and args.version is not None:
+        raise UsageError("--version applies to --frozen-graph (a --saved-model folder already is a version)")
+    version = 1 if args.version is None else args.version
+    signature = args.signature or "serving_default"
     if args.frozen_graph is not None:
         missing = [f for f, v in (("--export-dir", args.export_dir), ("--inputs", args.inputs),
                                   ("--outputs", args.outputs)) if not v]
@@ -152,13 +163,13 @@ def _convert(args: argparse.Namespace) -> int:
 
             check_absent(Path(args.onnx_out), args.force)
         export_dir = Path(args.export_dir)
-        version_dir = export_dir / str(args.version)
+        version_dir = export_dir / str(version)
         # What this run makes, removed again if the ONNX step fails ("on any error nothing is
         # written"); a version replaced with --force cannot be given back.
         made = None if version_dir.exists() else (version_dir if export_dir.exists() else export_dir)
         print(f"converting frozen graph {args.frozen_graph} ...", file=sys.stderr)
         saved_model = models.frozen_graph_to_saved_model(
-            args.frozen_graph, args.export_dir, args.version, args.inputs, args.outputs,
+            args.frozen_graph, args.export_dir, version, args.inputs, args.outputs,
             force=args.force, verify=verify, log=_say,
         )
         if args.onnx_out is not None:
@@ -166,7 +177,7 @@ def _convert(args: argparse.Namespace) -> int:
             print(f"converting SavedModel {saved_model} to ONNX ...", file=sys.stderr)
             try:
                 onnx_path = models.saved_model_to_onnx(
-                    saved_model, args.onnx_out, opset=args.opset, signature=args.signature,
+                    saved_model, args.onnx_out, opset=args.opset, signature=signature,
                     force=args.force, verify=verify, log=_say,
                 )
             except BaseException:
@@ -191,7 +202,7 @@ def _convert(args: argparse.Namespace) -> int:
     if args.onnx_out is not None:
         print(f"converting SavedModel {saved_model} to ONNX ...", file=sys.stderr)
         onnx_path = models.saved_model_to_onnx(
-            saved_model, args.onnx_out, opset=args.opset, signature=args.signature,
+            saved_model, args.onnx_out, opset=args.opset, signature=signature,
             force=args.force, verify=verify, log=_say,
         )
         print(f"ONNX: {onnx_path}")
