@@ -108,16 +108,21 @@ def test_unusable_audit_database_is_named(broker_dir: Path, pki: Any, capsys: An
         assert f"--audit {target}: not a usable audit database" in err and err.count("\n") == 1, err
 
 
+def edit_audit(run: Any, sql: str) -> None:
+    """Stop the broker and change its audit table behind its back (a tampering operator)."""
+    run.server.stop()
+    run.audit.close()
+    con = sqlite3.connect(run.dir / "audit.db")
+    con.execute(sql)
+    con.commit()
+    con.close()
+
+
 def test_audit_listing_survives_an_edited_time_column(start_broker, pki, sim_keys, capsys) -> None:
     run = start_broker()
     obtain(run.addr, pki.ca, sim_keys.key)
     db = str(run.dir / "audit.db")
-    run.server.stop()
-    run.audit.close()
-    con = sqlite3.connect(db)
-    con.execute("UPDATE audit SET time = 'yesterday'")
-    con.commit()
-    con.close()
+    edit_audit(run, "UPDATE audit SET time = 'yesterday'")
     capsys.readouterr()
     assert main(["broker", "audit", "--audit", db, "--verify"]) == 1
     cap = capsys.readouterr()
@@ -240,12 +245,7 @@ def test_audit_cli_prints_verifies_and_detects_tampering(start_broker, pki, sim_
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["rows"]) == 1 and doc["rows"][0]["secret"] == "nope" and doc["head"] == head
     assert main(["broker", "audit", "--audit", db, "--verify", "--expect-head", "0" * 64]) == 1
-    run.server.stop()
-    run.audit.close()
-    con = sqlite3.connect(db)
-    con.execute("UPDATE audit SET decision = 'released', reason = 'released' WHERE secret = 'nope'")
-    con.commit()
-    con.close()
+    edit_audit(run, "UPDATE audit SET decision = 'released', reason = 'released' WHERE secret = 'nope'")
     capsys.readouterr()
     assert main(["broker", "audit", "--audit", db, "--verify"]) == 1
     assert "audit chain BROKEN" in capsys.readouterr().err

@@ -172,22 +172,6 @@ def _convert(args: argparse.Namespace) -> int:
             args.frozen_graph, args.export_dir, version, args.inputs, args.outputs,
             force=args.force, verify=verify, log=_say,
         )
-        if args.onnx_out is not None:
-            print(f"SavedModel: {saved_model}")
-            print(f"converting SavedModel {saved_model} to ONNX ...", file=sys.stderr)
-            try:
-                onnx_path = models.saved_model_to_onnx(
-                    saved_model, args.onnx_out, opset=args.opset, signature=signature,
-                    force=args.force, verify=verify, log=_say,
-                )
-            except BaseException:
-                if made is not None:
-                    shutil.rmtree(made, ignore_errors=True)
-                    print(f"removed {made}: the ONNX step failed", file=sys.stderr)
-                raise
-            print(f"ONNX: {onnx_path}")
-            print(f"done in {time.monotonic() - started:.1f} s", file=sys.stderr)
-            return 0
         print(f"SavedModel: {saved_model}")
     else:
         frozen_only = (
@@ -199,12 +183,19 @@ def _convert(args: argparse.Namespace) -> int:
         if args.onnx_out is None:
             raise UsageError("--saved-model needs --onnx-out")
         saved_model = args.saved_model
+        made = None  # the user's SavedModel: never removed
     if args.onnx_out is not None:
         print(f"converting SavedModel {saved_model} to ONNX ...", file=sys.stderr)
-        onnx_path = models.saved_model_to_onnx(
-            saved_model, args.onnx_out, opset=args.opset, signature=signature,
-            force=args.force, verify=verify, log=_say,
-        )
+        try:
+            onnx_path = models.saved_model_to_onnx(
+                saved_model, args.onnx_out, opset=args.opset, signature=signature,
+                force=args.force, verify=verify, log=_say,
+            )
+        except BaseException:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+                print(f"removed {made}: the ONNX step failed", file=sys.stderr)
+            raise
         print(f"ONNX: {onnx_path}")
     print(f"done in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0

@@ -117,7 +117,7 @@ class ServerSession:
         several pieces passes the same deadline to each read, so a client sending a byte at a
         time cannot hold the session for longer than ``timeout`` per request."""
         if deadline is None:
-            deadline = self._server._deadline()
+            deadline = self.deadline()
         while True:
             event = self._conn.next_event()
             if isinstance(event, Data):
