@@ -14,6 +14,9 @@ Servers (``--servers``, default all of them), each in a single-process configura
                  (SO_REUSEPORT), gRPC and REST in each.
   teeserve-w2-pin  the same with ``--worker-cpu-affinity auto``: each worker (every thread of it) pinned
                  to one of the cores, as nginx's ``worker_cpu_affinity auto``.
+  teeserve-w2-rr the same with ``--worker-connection-balance round-robin`` too: new connections dealt
+                 to the two workers in turn (an eBPF program on the shared ports; needs CAP_BPF or
+                 root), where the kernel's hash splits 16 connections 11+5 or worse one time in five.
   teeserve-w4    ``teeserve serve --workers 4``: the same with 4 serving processes (more than this
                  machine's 2 cores: the kernel spreads connections over the workers at random, and
                  more workers make an uneven spread cost less; in the best-configuration comparison
@@ -71,7 +74,7 @@ The peers live in their own venvs (their pins conflict with teeserve's), made on
 ``benchmarks/peers/setup_peers.py`` under ``bench-out/peers/`` (pip, ~7 minutes the first time).
 
 Usage:  .venv/bin/python benchmarks/bench_peers.py [--out bench-out/peers-run] [--rounds 3] [--duration 15]
-        [--quick] [--servers teeserve,teeserve-w2,teeserve-w2-pin,teeserve-w4,kserve,kserve-w2,mlserver,mlserver-pw1]
+        [--quick] [--servers teeserve,teeserve-w2,teeserve-w2-pin,teeserve-w2-rr,teeserve-w4,kserve,kserve-w2,mlserver,mlserver-pw1]
         [--protocols gRPC,REST] [--teeserve-args "--grpc_max_threads=2"] [--loadgen cpp|python|h2load]
         [--sessions separate|shared]
 Prints the table and the ratios; writes results.json and peers.png into --out.
@@ -104,7 +107,7 @@ import setup_peers
 MODEL = "digits-onnx"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-SERVERS = ("teeserve", "teeserve-w2", "teeserve-w2-pin", "teeserve-w4", "kserve", "kserve-w2", "mlserver", "mlserver-pw1")
+SERVERS = ("teeserve", "teeserve-w2", "teeserve-w2-pin", "teeserve-w2-rr", "teeserve-w4", "kserve", "kserve-w2", "mlserver", "mlserver-pw1")
 LOADGEN_LABEL = {
     "cpp": "grpc_loadgen (C++) with {n} thread(s) for gRPC, loadgen.py (aiohttp) in {n} process(es) for REST",
     "python": "loadgen.py (grpc.aio/aiohttp), {n} process(es)",
@@ -129,6 +132,9 @@ SPECS: dict[str, ServerSpec] = {
     # each worker pinned to one of the cores (every thread of it), the load generator left to move
     "teeserve-w2-pin": ServerSpec("teeserve (workers=2, pinned)", 2, "w2", {"gRPC": 2, "REST": 2},
                                   args=("--worker-cpu-affinity=auto",)),
+    # pinned, and new connections dealt to the workers in turn instead of by the kernel's hash
+    "teeserve-w2-rr": ServerSpec("teeserve (workers=2, pinned, round-robin)", 2, "w2", {"gRPC": 2, "REST": 2},
+                                 args=("--worker-cpu-affinity=auto", "--worker-connection-balance=round-robin")),
     # more serving processes than cores: SO_REUSEPORT hands each connection to a worker at random, and
     # with 4 workers an unlucky split (say 11 of 16 connections on one) leaves no core idle
     "teeserve-w4": ServerSpec("teeserve (workers=4)", 4, "w4", {"gRPC": 4, "REST": 4}),
@@ -464,7 +470,7 @@ def start_servers(args: argparse.Namespace, inp: Inputs, pys: dict[str, Path], l
     eps: list[Endpoint] = []
     started: list[ServerProc] = []
     try:
-        for key in ("teeserve", "teeserve-w2", "teeserve-w2-pin", "teeserve-w4"):
+        for key in ("teeserve", "teeserve-w2", "teeserve-w2-pin", "teeserve-w2-rr", "teeserve-w4"):
             if key not in args.servers:
                 continue
             spec = SPECS[key]

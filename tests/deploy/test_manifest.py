@@ -148,6 +148,8 @@ def test_checked_in_example_is_what_the_renderer_gives() -> None:
         ({"serve_args": ("--rest_api_timeout_in_ms=0",)}, "--rest_api_timeout_in_ms must be positive"),
         ({"serve_args": ("--workers=2",)}, "one worker per enclave"),
         ({"serve_args": ("--worker-cpu-affinity=auto",)}, "--serve-arg --worker-cpu-affinity: it pins --workers"),
+        ({"serve_args": ("--worker-connection-balance=round-robin",)},
+         "--serve-arg --worker-connection-balance: it deals connections to --workers"),
     ],
 )
 def test_bad_input_is_refused_with_the_option_named(changes: dict[str, Any], message: str) -> None:

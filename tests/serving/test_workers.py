@@ -707,6 +707,99 @@ def test_worker_cpu_affinity_with_one_process_warns_and_pins_nothing(tmp_path: P
         assert s.stop() == 0
 
 
+def connections_by_worker(port: int, pids: dict[int, int]) -> dict[int, int]:
+    """worker index -> established TCP connections on local ``port`` that its process holds (/proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                inodes.add(f"socket:[{f[9]}]")
+    out = {}
+    for index, pid in pids.items():
+        links = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        out[index] = sum(link in inodes for link in links)
+    return out
+
+
+def test_worker_connection_balance_round_robin_splits_connections_evenly(
+        start: Callable[..., ServerProcess], onnx_model_dir: Path) -> None:
+    """16 gRPC channels and 16 keep-alive HTTP connections, opened one after the other: 8 on each
+    worker, for both ports, where the kernel's hash gives 8+8 about one time in five. After a worker
+    is killed and comes back, new connections are dealt in turn again."""
+    s = start("--model_name=digits", f"--model_base_path={onnx_model_dir}", "--worker-connection-balance=round-robin")
+    pids = worker_pids(records(s))
+    channels = [fresh_channel(s.port) for _ in range(16)]
+    clients = [httpx.Client() for _ in range(16)]
+    try:
+        for i, ch in enumerate(channels):  # one at a time: each channel connects on its first call
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(images_for(i)), timeout=30)
+        for client in clients:
+            assert client.get(f"http://127.0.0.1:{s.rest_port}/v1/models/digits", timeout=30).status_code == 200
+        assert connections_by_worker(s.port, pids) == {1: 8, 2: 8}
+        assert connections_by_worker(s.rest_port, pids) == {1: 8, 2: 8}
+    finally:
+        for ch in channels:
+            ch.close()
+        for client in clients:
+            client.close()
+    # A restarted worker joins the group again and attaches a fresh program: in turn from then on.
+    victim = kill_worker(s, 1)
+    new_pid = wait_restarted(s, 1, victim)
+    pids = {1: new_pid, 2: pids[2]}
+    channels = [fresh_channel(s.port) for _ in range(6)]
+    try:
+        for i, ch in enumerate(channels):
+            prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(digits_request(images_for(i)), timeout=30)
+        assert connections_by_worker(s.port, pids) == {1: 3, 2: 3}
+    finally:
+        for ch in channels:
+            ch.close()
+    assert "refused" not in s.log()
+
+
+def test_worker_connection_balance_refused_by_the_kernel_stops_the_start(tmp_path: Path, onnx_model_dir: Path) -> None:
+    """Without CAP_BPF (dropped by setpriv, as a server started without it) round-robin cannot be had:
+    the server says so and exits 1 before any worker starts, rather than dealing by hash unasked."""
+    if Path("/proc/sys/kernel/unprivileged_bpf_disabled").read_text().strip() == "0":
+        pytest.fail("this host lets any process load eBPF socket filters: the refusal cannot be provoked")
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set=-bpf,-sys_admin", "--inh-caps=-bpf,-sys_admin", "--",
+         sys.executable, "-m", "teeserve", "serve", "--workers=2", "--host=127.0.0.1", f"--port={grpc_port}",
+         f"--rest_api_port={rest_port}", "--model_name=digits", f"--model_base_path={onnx_model_dir}",
+         "--worker-connection-balance=round-robin"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "teeserve: error: --worker-connection-balance round-robin: the kernel refused its eBPF program "
+        "(Operation not permitted); it needs CAP_BPF (or root) and Linux 5.12 or later. Use "
+        "--worker-connection-balance hash (the default) here")
+    assert "worker 1 started" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_worker_connection_balance_with_one_process_warns(tmp_path: Path, onnx_model_dir: Path) -> None:
+    s = ServerProcess(tmp_path, "--model_name=digits", f"--model_base_path={onnx_model_dir}",
+                      "--worker-connection-balance=round-robin", rest=False)
+    try:
+        predict_fresh(s.port, images_for(0))  # raises on any failure
+        assert "--worker-connection-balance=round-robin has no effect with one serving process" in s.log()
+    finally:
+        assert s.stop() == 0
+
+
+def test_worker_connection_balance_values() -> None:
+    assert parse_serve_args(BASE).worker_connection_balance == "hash"
+    o = parse_serve_args([*BASE, "--workers", "2", "--worker-connection-balance", "round-robin"])
+    assert o.worker_connection_balance == "round-robin"
+    assert o.measured_config() == parse_serve_args([*BASE, "--workers", "2"]).measured_config()
+    with pytest.raises(SystemExit):
+        parse_serve_args([*BASE, "--worker-connection-balance", "least-connections"])
+
+
 @pytest.mark.parametrize(("workers", "cpus", "want"), [
     (2, [0, 1], [{0}, {1}]),
     (2, [0, 1, 2, 3, 4], [{0, 1, 2}, {3, 4}]),

@@ -211,6 +211,9 @@ def _check_serve_args(argv: list[str]) -> None:
     if options.worker_cpu_affinity != "none":
         raise ManifestInputError("--serve-arg --worker-cpu-affinity: it pins --workers processes, and under "
                                  "Gramine there is one worker per enclave")
+    if options.worker_connection_balance != "hash":
+        raise ManifestInputError("--serve-arg --worker-connection-balance: it deals connections to --workers "
+                                 "processes, and under Gramine there is one worker per enclave (and no eBPF)")
     if options.workers != 1:
         raise ManifestInputError("--serve-arg --workers: under Gramine each worker would be a child enclave of "
                                  "its own; keep one worker per enclave and run more replicas (docs/deploy.md)")

@@ -227,6 +227,7 @@ class ServerOptions:
     grpc_server: str = "auto"
     onnx_execution_mode: str = "sequential"
     worker_cpu_affinity: str = "none"
+    worker_connection_balance: str = "hash"
     log_format: str = "text"
     log_level: str = "info"
     # Attestation: obtain the keys from a key broker before anything is decrypted.
@@ -259,17 +260,18 @@ class ServerOptions:
         with its command line and environment), so the same command line gives the same measurement
         and ``teeserve serve ... --print-measurement`` tells the policy author what to pin. Only the
         log settings and the capacity options (``--workers``, ``--event-loop``, ``--grpc-server``,
-        ``--onnx-execution-mode``, ``--worker-cpu-affinity``) are left out: they change no behaviour that
-        matters to the model owner.
+        ``--onnx-execution-mode``, ``--worker-cpu-affinity``, ``--worker-connection-balance``) are left
+        out: they change no behaviour that matters to the model owner.
         """
         import json
         from dataclasses import asdict
 
         d = asdict(self)
-        # --workers, --event-loop, --grpc-server, --onnx-execution-mode and --worker-cpu-affinity
-        # change capacity, not what is served.
+        # --workers, --event-loop, --grpc-server, --onnx-execution-mode, --worker-cpu-affinity and
+        # --worker-connection-balance change capacity, not what is served.
         for volatile in ("log_format", "log_level", "accepted_only", "key_broker_timeout", "workers",
-                         "event_loop", "grpc_server", "onnx_execution_mode", "worker_cpu_affinity"):
+                         "event_loop", "grpc_server", "onnx_execution_mode", "worker_cpu_affinity",
+                         "worker_connection_balance"):
             d.pop(volatile, None)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
@@ -346,6 +348,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "are more workers than CPUs), as nginx's worker_cpu_affinity auto; for a host or VM given "
         "over to serving, with one worker per core (more requests/s and a shorter latency tail here). "
         "none lets the kernel move them; one serving process is never pinned (default: none)",
+    )
+    own.add_argument(
+        "--worker-connection-balance", dest="worker_connection_balance", choices=("hash", "round-robin"),
+        default="hash",
+        help="with --workers N: how new connections are dealt to the workers. hash: the kernel picks one "
+        "by a hash of the addresses and ports (at random: 16 connections over 2 workers split 11+5 or "
+        "worse one time in five, and the busier worker makes the latency tail); round-robin: to each "
+        "worker in turn, by a small eBPF program on the shared port (Linux 5.12+; needs CAP_BPF or root, "
+        "refused at start otherwise; not under Gramine) (default: hash)",
     )
     own.add_argument(
         "--event-loop", dest="event_loop", choices=EVENT_LOOPS, default="auto",
@@ -484,6 +495,7 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
     if workers > 1 and values["grpc_socket_path"]:
         raise UsageError("--grpc_socket_path cannot be shared by several processes: use --workers 1 with it")
     affinity = getattr(ns, "worker_cpu_affinity", "none") or "none"  # one process: nothing to pin
+    balance = getattr(ns, "worker_connection_balance", "hash") or "hash"
     event_loop = getattr(ns, "event_loop", "auto") or "auto"
     if event_loop == "uvloop":
         loop_factory(event_loop)  # asked for but not installed: a usage error now, not at start
@@ -515,6 +527,7 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
         grpc_server=getattr(ns, "grpc_server", "auto") or "auto",
         onnx_execution_mode=getattr(ns, "onnx_execution_mode", "sequential") or "sequential",
         worker_cpu_affinity=affinity,
+        worker_connection_balance=balance,
         log_format=ns.log_format,
         log_level=ns.log_level,
         accepted_only=tuple(accepted),

@@ -434,6 +434,26 @@ class ModelServer:
             raise ServeError(f"cannot listen for REST on {o.host}:{o.rest_api_port}: {exc.strerror or exc}") from None
         self.rest_port = self.rest_server.port
 
+    def _balance_connections(self) -> None:
+        """``--worker-connection-balance round-robin`` (a worker, once it listens): new connections to
+        the shared ports go to each worker in turn (serving/_balance.py). The supervisor checked at
+        start that the kernel loads the program; a worker it refuses later keeps the kernel's hash."""
+        o = self.options
+        if o.worker_connection_balance != "round-robin":
+            return
+        from ._balance import BalanceUnavailable, attach_round_robin
+
+        ports = [p for p in (self.grpc_port, self.rest_port) if p]
+        try:
+            attached = attach_round_robin(ports, o.workers)
+        except BalanceUnavailable as exc:
+            log.warning("--worker-connection-balance round-robin: the kernel refused it (%s); new connections "
+                        "go by the kernel's hash", exc.strerror or exc)
+            return
+        if attached < len(ports):
+            log.warning("--worker-connection-balance round-robin: found %d listening socket(s) for %d port(s); "
+                        "the others go by the kernel's hash", attached, len(ports))
+
     def monitoring_path(self) -> str | None:
         """The Prometheus path from ``--monitoring_config_file`` (None = metrics not served)."""
         path = self.options.monitoring_config_file
@@ -493,6 +513,7 @@ class ModelServer:
             self._after_load(t0)
             await self.start_grpc()
             await self.start_rest()
+            self._balance_connections()
             if self._on_up is not None:
                 self._on_up()
         else:
@@ -790,6 +811,9 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
     if options.worker_cpu_affinity != "none":
         log.warning("--worker-cpu-affinity=%s has no effect with one serving process (--workers 1): it "
                     "pins --workers processes", options.worker_cpu_affinity)
+    if options.worker_connection_balance != "hash":
+        log.warning("--worker-connection-balance=%s has no effect with one serving process (--workers 1): "
+                    "it deals connections to --workers processes", options.worker_connection_balance)
     from . import _eventloop
 
     return _eventloop.run(serve(options), options.event_loop)

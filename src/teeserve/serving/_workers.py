@@ -116,6 +116,7 @@ def run_workers(options: ServerOptions) -> int:
         worker_options, reserved = _reserve_ports(options)
         for sock in reserved:
             stack.callback(sock.close)
+        _check_balance(options)
         keyring_owner = ModelServer(options)
         keyring_owner._check_key_names(keyring_owner._expected_key_names())  # before attesting, too
         previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
@@ -129,6 +130,22 @@ def run_workers(options: ServerOptions) -> int:
         stack.callback(shutil.rmtree, metrics_dir, True)
         worker_options = _share_cores(worker_options)
         return _Supervisor(worker_options, keys, metrics_dir).run()
+
+
+def _check_balance(options: ServerOptions) -> None:
+    """``--worker-connection-balance round-robin`` was asked for: the kernel must load its program
+    (CAP_BPF, Linux 5.12+), or the server does not start, rather than quietly dealing by hash."""
+    if options.worker_connection_balance != "round-robin":
+        return
+    from ._balance import BalanceUnavailable, RoundRobin
+    from ._server import ServeError
+
+    try:
+        RoundRobin(options.workers).close()
+    except BalanceUnavailable as exc:
+        raise ServeError(f"--worker-connection-balance round-robin: the kernel refused its eBPF program "
+                         f"({exc.strerror or exc}); it needs CAP_BPF (or root) and Linux 5.12 or later. Use "
+                         "--worker-connection-balance hash (the default) here") from None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
