@@ -1188,6 +1188,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in args.servers if s not in SERVERS]
     if bad:
         ap.error(f"unknown server(s): {', '.join(bad)}")
+    if "teeserve-w2-rr" in args.servers:
+        from teeserve.serving._balance import BalanceUnavailable, RoundRobin
+
+        try:
+            RoundRobin(2).close()
+        except BalanceUnavailable as exc:  # no CAP_BPF here: the rest of the run still means something
+            print(f"teeserve-w2-rr left out: the kernel refuses --worker-connection-balance's eBPF program "
+                  f"({exc.strerror or exc})", file=sys.stderr)
+            args.servers.remove("teeserve-w2-rr")
     if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1 or args.procs < 1:
         ap.error("--rounds, --concurrency and --procs must be >= 1, --duration > 0")
     if args.sessions == "shared":

@@ -28,6 +28,7 @@ import errno
 import os
 import socket
 import struct
+from typing import Any
 
 __all__ = ["BalanceUnavailable", "RoundRobin", "attach_round_robin", "listening_sockets", "round_robin_program"]
 
@@ -40,7 +41,9 @@ _BPF_PSEUDO_MAP_FD = 1
 _BPF_FUNC_MAP_LOOKUP_ELEM = 1
 _BPF_ADD_FETCH = 0x01  # BPF_ADD | BPF_FETCH
 SO_ATTACH_REUSEPORT_EBPF = 52
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+#: bpf(2)'s number for a 64-bit process, by ``uname -m`` (a 32-bit Python on a 64-bit kernel is refused:
+#: its table differs, and ``uname`` names the kernel's).
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361, "s390x": 351}
 
 # Opcodes (class | size/op | source), linux/bpf_common.h and linux/bpf.h.
 _ST_MEM_W = 0x62  # *(u32 *)(dst + off) = imm
@@ -86,9 +89,10 @@ def round_robin_program(map_fd: int, sockets: int) -> bytes:
 
 
 def _bpf(cmd: int, attr: bytes) -> int:
-    number = _SYS_BPF.get(os.uname().machine)
+    number = _SYS_BPF.get(os.uname().machine) if struct.calcsize("P") == 8 else None
     if number is None:
-        raise BalanceUnavailable(errno.ENOSYS, f"no bpf() system call number known for {os.uname().machine}")
+        raise BalanceUnavailable(errno.ENOSYS, f"no bpf() system call known for a {struct.calcsize('P') * 8}-bit "
+                                               f"process on {os.uname().machine}")
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = libc.syscall(number, cmd, buf, len(attr))
@@ -115,8 +119,11 @@ class RoundRobin:
             try:
                 self.prog_fd = _bpf(_BPF_PROG_LOAD, attr.ljust(128, b"\0"))
             except BalanceUnavailable as exc:
-                detail = log.value.decode("ascii", "replace").strip().splitlines()
-                if detail:  # the verifier's last words say which instruction it refused
+                # The verifier's log ends with statistics ("processed 9 insns ..."); the line before
+                # them says which instruction it refused and why.
+                detail = [line for line in log.value.decode("ascii", "replace").strip().splitlines()
+                          if line and not line.startswith(("processed ", "verification time"))]
+                if detail:
                     raise BalanceUnavailable(exc.errno, f"{exc.strerror}: {detail[-1]}") from None
                 raise
         except BaseException:
@@ -179,18 +186,27 @@ def listening_sockets(port: int) -> list[socket.socket]:
     return found
 
 
-def attach_round_robin(ports: list[int], sockets: int) -> int:
+def attach_round_robin(ports: list[int], sockets: int) -> dict[int, int]:
     """Attach a round-robin program over ``sockets`` workers to this process's listeners on each of
     ``ports`` (one program and counter per listener: gRPC and REST clients are dealt separately).
-    Returns how many listeners now have one; raises :class:`BalanceUnavailable` when the kernel
-    refuses."""
-    attached = 0
+    Returns, per port, how many listeners now have one (0: none found, or more than one of this
+    process in one group, which a count of workers cannot deal over); raises
+    :class:`BalanceUnavailable` when the kernel refuses."""
+    attached: dict[int, int] = {}
     for port in ports:
-        for sock in listening_sockets(port):
-            try:
+        found = listening_sockets(port)
+        try:
+            groups: dict[tuple[int, Any], list[socket.socket]] = {}
+            for sock in found:  # listeners of one family and address share a SO_REUSEPORT group
+                groups.setdefault((sock.family, sock.getsockname()[0]), []).append(sock)
+            attached[port] = 0
+            for members in groups.values():
+                if len(members) != 1:
+                    continue
                 with RoundRobin(sockets) as program:
-                    program.attach(sock)
-                attached += 1
-            finally:
+                    program.attach(members[0])
+                attached[port] += 1
+        finally:
+            for sock in found:
                 sock.close()
     return attached

@@ -450,9 +450,10 @@ class ModelServer:
             log.warning("--worker-connection-balance round-robin: the kernel refused it (%s); new connections "
                         "go by the kernel's hash", exc.strerror or exc)
             return
-        if attached < len(ports):
-            log.warning("--worker-connection-balance round-robin: found %d listening socket(s) for %d port(s); "
-                        "the others go by the kernel's hash", attached, len(ports))
+        for port, count in attached.items():
+            if not count:
+                log.warning("--worker-connection-balance round-robin: no single listening socket of this worker "
+                            "on port %d; its new connections go by the kernel's hash", port)
 
     def monitoring_path(self) -> str | None:
         """The Prometheus path from ``--monitoring_config_file`` (None = metrics not served)."""

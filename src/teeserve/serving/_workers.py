@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import multiprocessing as mp
@@ -143,9 +144,11 @@ def _check_balance(options: ServerOptions) -> None:
     try:
         RoundRobin(options.workers).close()
     except BalanceUnavailable as exc:
+        why = ("it needs CAP_BPF (or root), and a seccomp profile that allows bpf()" if exc.errno == errno.EPERM
+               else "it needs Linux 5.12 or later with eBPF on a 64-bit process")
         raise ServeError(f"--worker-connection-balance round-robin: the kernel refused its eBPF program "
-                         f"({exc.strerror or exc}); it needs CAP_BPF (or root) and Linux 5.12 or later. Use "
-                         "--worker-connection-balance hash (the default) here") from None
+                         f"({exc.strerror or exc}); {why}. Use --worker-connection-balance hash (the default) "
+                         "here") from None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
