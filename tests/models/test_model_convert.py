@@ -303,6 +303,20 @@ def test_onnx_mismatch_is_an_error_and_writes_nothing(converted, tmp_path: Path,
     assert not (tmp_path / "m-onnx").exists()
 
 
+def test_an_onnx_out_that_cannot_be_written_fails_before_converting(converted, tmp_path: Path,
+                                                                   monkeypatch, capsys: Capture) -> None:
+    export_dir, _ = converted
+    called = []
+    monkeypatch.setattr(_convert, "onnx_from_saved_model", lambda *a, **kw: called.append(a))  # must not run
+    (tmp_path / "taken").write_text("a file where the output's folder should be")
+    target = tmp_path / "taken" / "model.onnx"
+    argv = ["model", "convert", "--saved-model", str(export_dir / "3"), "--onnx-out", str(target)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: cannot write the ONNX model here" in err and "Traceback" not in err
+    assert called == [] and sorted(os.listdir(tmp_path)) == ["taken"]
+
+
 def test_no_verify_says_so(converted, tmp_path: Path, capsys: Capture) -> None:
     export_dir, _ = converted
     target = tmp_path / "model.onnx"

@@ -271,3 +271,20 @@ def test_unwritable_samples_leave_no_model(tmp_path: Path) -> None:
     with pytest.raises(TeeserveError, match="cannot write the outputs"):
         models.make_digits(tmp_path / "models", samples_out=tmp_path / "samples", onnx=False)
     assert os.listdir(tmp_path) == ["samples"]  # the models folder it made is gone again
+
+
+def test_a_failed_onnx_install_takes_back_the_model_and_samples_and_restores_what_force_replaced(
+        tmp_path: Path) -> None:
+    """The ONNX copy is installed last; when that fails (here a file stands where its folder must be),
+    the SavedModel and samples this run put in are taken back, and those --force was replacing are
+    there again, as they were."""
+    out, samples = tmp_path / "models", tmp_path / "samples"
+    models.make_digits(out, samples_out=samples, onnx=False, seed=1)
+    before = {p: p.read_bytes() for p in sorted([*out.rglob("*"), *samples.rglob("*")]) if p.is_file()}
+    (out / "digits-onnx").write_text("a file where the ONNX model's folder should be")
+    with pytest.raises(TeeserveError, match="cannot write the outputs"):
+        models.make_digits(out, samples_out=samples, onnx=True, seed=2, force=True)
+    after = {p: p.read_bytes() for p in sorted([*out.rglob("*"), *samples.rglob("*")]) if p.is_file()
+             and p.name != "digits-onnx"}
+    assert after == before  # byte for byte: the seed-1 model and samples, nothing set aside left over
+

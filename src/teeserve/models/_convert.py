@@ -14,6 +14,7 @@ TensorFlow, tf2onnx and ONNX Runtime are imported inside the functions only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import UsageError
-from .._io import write_file_atomic
+from .._io import atomic_output
 from ._check import ONNX, SAME_GRAPH, Comparison, compare_outputs, random_input
 from ._errors import (
     ConversionError,
@@ -451,11 +452,18 @@ def saved_model_to_onnx(
     """
     target = Path(onnx_path)
     check_absent(target, force)
-    data, _ = onnx_from_saved_model(
-        Path(saved_model_dir), signature=signature, opset=opset, verify=verify, log=log or _nolog
-    )
-    with parent_dirs(target):
-        write_file_atomic(target, data, overwrite=force)
+    # The output file is opened (beside its target) before converting: a folder that cannot be
+    # written fails now, not after minutes of tf2onnx.
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(parent_dirs(target))
+            fh = stack.enter_context(atomic_output(target, overwrite=force))
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot write the ONNX model here: {exc.strerror or exc}") from exc
+        data, _ = onnx_from_saved_model(
+            Path(saved_model_dir), signature=signature, opset=opset, verify=verify, log=log or _nolog
+        )
+        fh.write(data)
     return target
 
 

@@ -33,15 +33,13 @@ from typing import Any
 import numpy as np
 
 from .._errors import UsageError
-from .._io import write_file_atomic
 from ._convert import DEFAULT_SIGNATURE, SERVE_TAG, _run_saved_model_v1, onnx_from_saved_model, run_onnx
 from ._errors import ModelError
 from ._images import digits_input_to_png
 from ._layout import (
+    all_or_nothing,
     check_absent,
     import_tensorflow,
-    install,
-    parent_dirs,
     quiet_tensorflow,
     staging_dir,
     version_dir,
@@ -265,19 +263,15 @@ def make_digits(
 
         samples: list[Path] = []
         try:
-            with parent_dirs(samples_dir / sample_names[0]):
+            with all_or_nothing(force) as outputs:  # a failure takes back what went in before it
                 for fname, png in pngs.items():
-                    write_file_atomic(samples_dir / fname, png, overwrite=force)
+                    outputs.write(samples_dir / fname, png)
                     samples.append(samples_dir / fname)
-            install(staged_sm, sm_target, force=force)
-            if onnx:
-                install(staged_onnx, onnx_target, force=force)
-        except BaseException as exc:
-            for path in samples:
-                path.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise UsageError(f"cannot write the outputs: {exc}") from exc
-            raise
+                outputs.install(staged_sm, sm_target)
+                if onnx:
+                    outputs.install(staged_onnx, onnx_target)
+        except OSError as exc:
+            raise UsageError(f"cannot write the outputs: {exc}") from exc
     return DemoModel(
         name=name,
         saved_model_dir=sm_target,

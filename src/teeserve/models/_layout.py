@@ -21,6 +21,8 @@ from .._errors import UsageError
 from .._io import OutputExists
 
 __all__ = [
+    "Outputs",
+    "all_or_nothing",
     "check_absent",
     "import_tensorflow",
     "install",
@@ -97,6 +99,100 @@ def install(staged: Path, target: Path, *, force: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+class Outputs:
+    """Several outputs of one command, installed all or none (see :func:`all_or_nothing`).
+
+    Each output is renamed into place as soon as it is ready; one that ``force`` replaces is renamed
+    aside, not removed, until every output is in. Why: ``make-demo`` writes a SavedModel, its ONNX
+    copy, sample images and a frozen graph, and a failure at the last of them (a full disk, a folder
+    that cannot be written) must not leave the first ones behind, nor lose what ``--force`` was about
+    to replace.
+    """
+
+    def __init__(self, force: bool) -> None:
+        self.force = force
+        # (target, the replaced one set aside or None, the parent folders made for it)
+        self._done: list[tuple[Path, Path | None, list[Path]]] = []
+
+    def install(self, staged: Path, target: Path) -> None:
+        """Rename ``staged`` (file or folder) to ``target``."""
+        check_absent(target, self.force)
+        created = _mkdirs(target.parent)
+        old = None
+        try:
+            if target.exists() or target.is_symlink():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, target)
+                raise
+        except BaseException:
+            _rmdirs(created)
+            raise
+        self._done.append((target, old, created))
+
+    def write(self, target: Path, data: bytes) -> None:
+        """A file with ``data`` at ``target`` (written beside it under a hidden name, then renamed)."""
+        created = _mkdirs(target.parent)
+        staged = target.with_name(f".{target.name}.new-{os.getpid()}")
+        try:
+            from .._io import write_file_atomic
+
+            write_file_atomic(staged, data)
+            self.install(staged, target)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            _rmdirs(created)
+            raise
+        self._done[-1][2][:0] = created  # removed with it on a rollback
+
+    def _rollback(self) -> None:
+        for target, old, created in reversed(self._done):
+            with contextlib.suppress(OSError):
+                _remove(target)
+                if old is not None:
+                    os.replace(old, target)
+            _rmdirs(created)
+        self._done.clear()
+
+    def _commit(self) -> None:
+        for _, old, _ in self._done:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    _remove(old)
+        self._done.clear()
+
+
+@contextlib.contextmanager
+def all_or_nothing(force: bool) -> Iterator[Outputs]:
+    """Install outputs with the yielded :class:`Outputs`; if the block fails, every one installed is
+    removed again and every one replaced is put back."""
+    outputs = Outputs(force)
+    try:
+        yield outputs
+    except BaseException:
+        outputs._rollback()
+        raise
+    outputs._commit()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _rmdirs(created: list[Path]) -> None:
+    """Remove the folders :func:`_mkdirs` made (innermost first), those that are still empty."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _mkdirs(path: Path) -> list[Path]:

@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .._io import write_file_atomic
+from .._errors import UsageError
 from ._convert import export_graph_def, onnx_from_saved_model
 from ._digits import WARMUP_RELPATH, check_model_name
 from ._layout import (
+    all_or_nothing,
     check_absent,
     import_tensorflow,
-    install,
-    parent_dirs,
     quiet_tensorflow,
     staging_dir,
     version_dir,
@@ -203,12 +202,15 @@ def make_resnet50(
             diff = comparison.max_abs_diff if comparison else None
             staged_onnx.mkdir()
             (staged_onnx / "model.onnx").write_bytes(data)
-        install(staged_sm, sm_target, force=force)
-        if onnx:
-            install(staged_onnx, onnx_target, force=force)
-    if frozen_path is not None:
-        with parent_dirs(frozen_path):
-            write_file_atomic(frozen_path, graph_def.SerializeToString(), overwrite=force)
+        try:
+            with all_or_nothing(force) as outputs:  # a failure takes back what went in before it
+                outputs.install(staged_sm, sm_target)
+                if onnx:
+                    outputs.install(staged_onnx, onnx_target)
+                if frozen_path is not None:
+                    outputs.write(frozen_path, graph_def.SerializeToString())
+        except OSError as exc:
+            raise UsageError(f"cannot write the outputs: {exc}") from exc
     return DemoModel(
         name=name,
         saved_model_dir=sm_target,
