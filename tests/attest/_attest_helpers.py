@@ -114,6 +114,10 @@ class PccsState:
     collaterals: list[dict[str, str]]
     up: bool = True
     requests: list[str] = field(default_factory=list)
+    #: FMSPC -> an event its TCB info request waits for (a PCCS slow for that platform)
+    hold_tcb: dict[str, threading.Event] = field(default_factory=dict)
+    #: set when a held TCB info request has arrived
+    held: threading.Event = field(default_factory=threading.Event)
 
 
 def _pick(state: PccsState, tee: str | None, fmspc: str | None) -> dict[str, str] | None:
@@ -158,6 +162,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             assert c is not None
             self._send(bytes.fromhex(c["pck_crl"]), {"SGX-PCK-CRL-Issuer-Chain": enc(c["pck_crl_issuer_chain"])})
         elif rest == "tcb":
+            hold = st.hold_tcb.get(q.get("fmspc", "").upper())
+            if hold is not None:
+                st.held.set()
+                hold.wait(30)
             c = _pick(st, tee, q.get("fmspc"))
             if c is None:
                 self._send(b"", status=404)

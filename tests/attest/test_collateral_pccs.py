@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,6 +159,73 @@ def test_failed_fetch_is_not_retried_at_once(pccs: RunningPccs, tmp_path: Path) 
     pccs.state.up = True
     assert src.get(q, now=now + 61).fmspc == "00606A000000"
     assert src.fetches == 2
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a thread; its result (or exception) lands in the returned list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as exc:  # (handed to the test)
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_slow_fetch_for_one_platform_holds_up_no_other_platform(tmp_path: Path) -> None:
+    """The SGX platform's fetch hangs; a TDX platform's request meanwhile is fetched and answered.
+    (A fetcher of the test's own: the two vectors' collateral windows do not overlap, so one test
+    PCCS cannot serve both platforms' CRLs at once.)"""
+    sgx, tdx = parse_quote(quote_of(SGX)), parse_quote(quote_of(TDX))
+    assert sgx.fmspc != tdx.fmspc
+    sets = {sgx.fmspc: Collateral.from_file(collateral_path(SGX)), tdx.fmspc: Collateral.from_file(collateral_path(TDX))}
+    release, held = threading.Event(), threading.Event()
+
+    class SlowForSgx:
+        def fetch(self, tee: str, fmspc: str, ca: str) -> Collateral:
+            if fmspc == sgx.fmspc:
+                held.set()
+                release.wait(30)
+            return sets[fmspc]
+
+    src = CachingCollateralSource(SlowForSgx(), tmp_path)
+    slow, slow_out = in_thread(lambda: src.get(sgx, now=SGX["now_secs"]))
+    try:
+        assert held.wait(10), "the SGX fetch never started"
+        fast, fast_out = in_thread(lambda: src.get(tdx, now=TDX["now_secs"]))
+        fast.join(10)
+        assert not fast.is_alive(), "the TDX request waited for the SGX platform's fetch"
+        assert fast_out == [sets[tdx.fmspc]] and slow.is_alive()
+    finally:
+        release.set()
+    slow.join(10)
+    assert slow_out == [sets[sgx.fmspc]] and src.fetches == 2
+
+
+def test_a_valid_cached_set_answers_while_its_refresh_is_in_flight(pccs: RunningPccs, tmp_path: Path) -> None:
+    q = parse_quote(quote_of(SGX))
+    src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path, refresh_interval=3600)
+    first = src.get(q, now=SGX["now_secs"])
+    later = SGX["now_secs"] + 7200  # due for a refresh, still valid
+    assert first.valid_at(later)
+    release = threading.Event()
+    pccs.state.hold_tcb[str(q.fmspc).upper()] = release
+    refresher, refreshed = in_thread(lambda: src.get(q, now=later))
+    try:
+        assert pccs.state.held.wait(10)
+        # At once (well inside the PCCS client's own timeout): the refresh is another request's to wait for.
+        quick, quick_out = in_thread(lambda: src.get(q, now=later))
+        quick.join(3)
+        assert not quick.is_alive(), "a request with a valid cached set waited for the refresh"
+        assert quick_out[0] is first
+    finally:
+        release.set()
+    refresher.join(10)
+    assert refreshed[0].fmspc == q.fmspc and src.fetches == 2
 
 
 def test_corrupt_cache_file_is_refetched(pccs: RunningPccs, tmp_path: Path) -> None:

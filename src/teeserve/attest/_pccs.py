@@ -242,7 +242,10 @@ class CachingCollateralSource:
         self.retry_after = retry_after
         self._memory: dict[tuple[str, str, str], _Entry] = {}
         self._failed_at: dict[tuple[str, str, str], int] = {}
-        self._lock = threading.Lock()  # one refresh at a time (no thundering herd on the PCCS)
+        # One fetch at a time per platform (no thundering herd on the PCCS), and a platform's slow
+        # fetch holds up no other platform's requests: a lock per (tee, FMSPC, CA), made under _guard.
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self.fetches = 0  # how many fetches were attempted (for operators and tests)
 
     def _path(self, key: tuple[str, str, str]) -> Path | None:
@@ -278,22 +281,35 @@ class CachingCollateralSource:
         )
 
     def get(self, quote: Quote, *, now: int) -> Collateral:
-        with self._lock:
-            return self._get(quote, now)
-
-    def _get(self, quote: Quote, now: int) -> Collateral:
         if quote.fmspc is None or quote.pck_ca is None:
             raise CollateralUnavailable(
                 "cannot tell the quote's FMSPC / PCK CA (no readable PCK certificate)"
             )
         key = (quote.tee, quote.fmspc, quote.pck_ca)
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        if not lock.acquire(blocking=False):
+            # Another request is fetching this platform's collateral. A cached set that is still
+            # valid is the answer meanwhile (a refresh ahead of expiry); without one, wait for it.
+            with self._guard:
+                entry = self._memory.get(key)
+            if entry is not None and entry.collateral.valid_at(now):
+                return entry.collateral
+            lock.acquire()
+        try:
+            return self._get(key, quote, now)
+        finally:
+            lock.release()
+
+    def _get(self, key: tuple[str, str, str], quote: Quote, now: int) -> Collateral:
         entry = self._load(key)
         if entry is not None and self._fresh(entry, now):
             return entry.collateral
         error: Exception | None = None
         failed_at = self._failed_at.get(key)
         if failed_at is None or not (failed_at <= now < failed_at + self.retry_after):
-            self.fetches += 1
+            with self._guard:
+                self.fetches += 1
             try:
                 fetched = self.fetcher.fetch(*key)
                 if fetched.fmspc != quote.fmspc:
