@@ -206,6 +206,33 @@ def test_a_slow_fetch_for_one_platform_holds_up_no_other_platform(tmp_path: Path
     assert slow_out == [sets[sgx.fmspc]] and src.fetches == 2
 
 
+def test_a_request_without_a_cached_set_waits_for_the_fetch_in_flight_then_gives_up(tmp_path: Path) -> None:
+    q = parse_quote(quote_of(SGX))
+    coll = Collateral.from_file(collateral_path(SGX))
+    release, held = threading.Event(), threading.Event()
+
+    class Slow:
+        def fetch(self, tee: str, fmspc: str, ca: str) -> Collateral:
+            held.set()
+            release.wait(30)
+            return coll
+
+    src = CachingCollateralSource(Slow(), None)
+    src.wait_timeout = 0.5
+    first, first_out = in_thread(lambda: src.get(q, now=SGX["now_secs"]))
+    try:
+        assert held.wait(10)
+        with pytest.raises(CollateralUnavailable, match=r"fetching the collateral of sgx/00606A000000/platform "
+                                                        r"for over 0.5 s"):
+            src.get(q, now=SGX["now_secs"])
+        assert src.fetches == 1  # it waited, it did not fetch a second time
+    finally:
+        release.set()
+    first.join(10)
+    assert first_out == [coll]
+    assert src.get(q, now=SGX["now_secs"]) is coll and src.fetches == 1  # cached now: no wait, no fetch
+
+
 def test_a_valid_cached_set_answers_while_its_refresh_is_in_flight(pccs: RunningPccs, tmp_path: Path) -> None:
     q = parse_quote(quote_of(SGX))
     src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path, refresh_interval=3600)

@@ -243,9 +243,11 @@ class CachingCollateralSource:
         self._memory: dict[tuple[str, str, str], _Entry] = {}
         self._failed_at: dict[tuple[str, str, str], int] = {}
         # One fetch at a time per platform (no thundering herd on the PCCS), and a platform's slow
-        # fetch holds up no other platform's requests: a lock per (tee, FMSPC, CA), made under _guard.
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        # fetch holds up no other platform's requests: a lock per (tee, FMSPC, CA), from a fixed pool
+        # (the key comes from a quote not yet verified: a dict of locks would grow at a client's will).
+        self._locks = [threading.Lock() for _ in range(64)]
+        self.wait_timeout = 60.0  # a request waits this long for another's fetch of its platform
+        self._guard = threading.Lock()  # the counter
         self.fetches = 0  # how many fetches were attempted (for operators and tests)
 
     def _path(self, key: tuple[str, str, str]) -> Path | None:
@@ -286,16 +288,16 @@ class CachingCollateralSource:
                 "cannot tell the quote's FMSPC / PCK CA (no readable PCK certificate)"
             )
         key = (quote.tee, quote.fmspc, quote.pck_ca)
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
+        lock = self._locks[hash(key) % len(self._locks)]
         if not lock.acquire(blocking=False):
             # Another request is fetching this platform's collateral. A cached set that is still
             # valid is the answer meanwhile (a refresh ahead of expiry); without one, wait for it.
-            with self._guard:
-                entry = self._memory.get(key)
+            entry = self._memory.get(key)
             if entry is not None and entry.collateral.valid_at(now):
                 return entry.collateral
-            lock.acquire()
+            if not lock.acquire(timeout=self.wait_timeout):
+                raise CollateralUnavailable(f"another request has been fetching the collateral of "
+                                            f"{'/'.join(key)} for over {self.wait_timeout:g} s")
         try:
             return self._get(key, quote, now)
         finally:
@@ -318,6 +320,8 @@ class CachingCollateralSource:
                     )
             except CollateralError as exc:
                 error = exc
+                if len(self._failed_at) >= 1024:  # (keys come from unverified quotes: keep it bounded)
+                    self._failed_at = {k: t for k, t in self._failed_at.items() if t <= now < t + self.retry_after}
                 self._failed_at[key] = now
                 log.warning("collateral refresh for %s failed: %s", "/".join(key), exc)
             else:

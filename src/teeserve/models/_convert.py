@@ -459,7 +459,10 @@ def saved_model_to_onnx(
             stack.enter_context(parent_dirs(target))
             fh = stack.enter_context(atomic_output(target, overwrite=force))
         except OSError as exc:
-            raise UsageError(f"{target}: cannot write the ONNX model here: {exc.strerror or exc}") from exc
+            why = exc.strerror or str(exc)
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                why = "a file stands where its folder should be"
+            raise UsageError(f"{target}: cannot write the ONNX model here: {why}") from exc
         data, _ = onnx_from_saved_model(
             Path(saved_model_dir), signature=signature, opset=opset, verify=verify, log=log or _nolog
         )

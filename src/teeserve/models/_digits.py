@@ -40,6 +40,7 @@ from ._layout import (
     all_or_nothing,
     check_absent,
     import_tensorflow,
+    output_error,
     quiet_tensorflow,
     staging_dir,
     version_dir,
@@ -263,7 +264,7 @@ def make_digits(
 
         samples: list[Path] = []
         try:
-            with all_or_nothing(force) as outputs:  # a failure takes back what went in before it
+            with all_or_nothing(force, log) as outputs:  # a failure takes back what went in before it
                 for fname, png in pngs.items():
                     outputs.write(samples_dir / fname, png)
                     samples.append(samples_dir / fname)
@@ -271,7 +272,7 @@ def make_digits(
                 if onnx:
                     outputs.install(staged_onnx, onnx_target)
         except OSError as exc:
-            raise UsageError(f"cannot write the outputs: {exc}") from exc
+            raise output_error(exc) from exc
     return DemoModel(
         name=name,
         saved_model_dir=sm_target,

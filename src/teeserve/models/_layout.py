@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._errors import UsageError
@@ -22,6 +23,7 @@ from .._io import OutputExists
 
 __all__ = [
     "Outputs",
+    "output_error",
     "all_or_nothing",
     "check_absent",
     "import_tensorflow",
@@ -115,21 +117,28 @@ class Outputs:
         self.force = force
         # (target, the replaced one set aside or None, the parent folders made for it)
         self._done: list[tuple[Path, Path | None, list[Path]]] = []
+        #: what a rollback or commit could not undo or tidy (paths named for the user)
+        self.problems: list[str] = []
 
     def install(self, staged: Path, target: Path) -> None:
         """Rename ``staged`` (file or folder) to ``target``."""
+        if any(target == done for done, _, _ in self._done):
+            raise ValueError(f"{target} is already an output of this command")
         check_absent(target, self.force)
         created = _mkdirs(target.parent)
         old = None
         try:
             if target.exists() or target.is_symlink():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                old = _aside(target)
                 os.replace(target, old)
             try:
                 os.replace(staged, target)
             except BaseException:
                 if old is not None:
-                    os.replace(old, target)
+                    try:
+                        os.replace(old, target)
+                    except OSError as exc:
+                        self.problems.append(f"could not put {target} back ({exc.strerror}): it is kept as {old}")
                 raise
         except BaseException:
             _rmdirs(created)
@@ -137,48 +146,86 @@ class Outputs:
         self._done.append((target, old, created))
 
     def write(self, target: Path, data: bytes) -> None:
-        """A file with ``data`` at ``target`` (written beside it under a hidden name, then renamed)."""
-        created = _mkdirs(target.parent)
-        staged = target.with_name(f".{target.name}.new-{os.getpid()}")
-        try:
-            from .._io import write_file_atomic
+        """A regular file with ``data`` at ``target`` (written beside it under a hidden name, then
+        renamed). A folder, link or device at ``target`` is refused, even with ``force``."""
+        from .._io import OutputNotRegular, write_file_atomic
 
-            write_file_atomic(staged, data)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise OutputNotRegular(target)
+        created = _mkdirs(target.parent)
+        staged = _aside(target, "new")
+        try:
+            try:
+                write_file_atomic(staged, data, overwrite=False)
+            except OSError as exc:  # named after the target, not the hidden name
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
             self.install(staged, target)
         except BaseException:
-            staged.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (not there, or its folder is not one)
+                staged.unlink()
             _rmdirs(created)
             raise
         self._done[-1][2][:0] = created  # removed with it on a rollback
 
     def _rollback(self) -> None:
         for target, old, created in reversed(self._done):
-            with contextlib.suppress(OSError):
+            try:
                 _remove(target)
-                if old is not None:
+            except OSError as exc:
+                self.problems.append(f"could not remove {target} ({exc.strerror})")
+            if old is not None:
+                try:
                     os.replace(old, target)
+                except OSError as exc:
+                    self.problems.append(f"could not put {target} back ({exc.strerror}): it is kept as {old}")
             _rmdirs(created)
         self._done.clear()
 
     def _commit(self) -> None:
         for _, old, _ in self._done:
             if old is not None:
-                with contextlib.suppress(OSError):
+                try:
                     _remove(old)
+                except OSError as exc:
+                    self.problems.append(f"could not remove the replaced copy {old} ({exc.strerror})")
         self._done.clear()
 
 
 @contextlib.contextmanager
-def all_or_nothing(force: bool) -> Iterator[Outputs]:
+def all_or_nothing(force: bool, log: Callable[[str], None] | None = None) -> Iterator[Outputs]:
     """Install outputs with the yielded :class:`Outputs`; if the block fails, every one installed is
-    removed again and every one replaced is put back."""
+    removed again and every one replaced is put back. What could not be undone or tidied is passed
+    to ``log`` (and added as a note to the exception)."""
     outputs = Outputs(force)
     try:
         yield outputs
-    except BaseException:
+    except BaseException as exc:
         outputs._rollback()
+        for problem in outputs.problems:
+            exc.add_note(problem)
+            if log is not None:
+                log(problem)
         raise
     outputs._commit()
+    if log is not None:
+        for problem in outputs.problems:
+            log(problem)
+
+
+def output_error(exc: OSError) -> UsageError:
+    """The user's message for an output that could not be written inside :func:`all_or_nothing`."""
+    where = exc.filename2 if exc.filename2 is not None else exc.filename
+    place = f"{where}: " if where is not None else ""
+    return UsageError(f"cannot write the outputs: {place}{exc.strerror or exc}; nothing was written "
+                      "(outputs already in place were taken back)")
+
+
+def _aside(target: Path, what: str = "old") -> Path:
+    """A free hidden name beside ``target`` (``.NAME.old-<random>``): never a leftover of another run."""
+    while True:
+        path = target.with_name(f".{target.name}.{what}-{secrets.token_hex(4)}")
+        if not (path.exists() or path.is_symlink()):
+            return path
 
 
 def _remove(path: Path) -> None:
@@ -196,14 +243,22 @@ def _rmdirs(created: list[Path]) -> None:
 
 
 def _mkdirs(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents; the folders made, outermost first (none left behind when
+    one of them cannot be made)."""
     missing = []
     p = path.absolute()
-    while not p.exists():
+    while not (p.exists() or p.is_symlink()):
         missing.append(p)
         p = p.parent
     missing.reverse()
-    for d in missing:
-        d.mkdir()
+    made: list[Path] = []
+    try:
+        for d in missing:
+            d.mkdir()
+            made.append(d)
+    except BaseException:
+        _rmdirs(made)
+        raise
     return missing
 
 

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import UsageError
 from ._convert import export_graph_def, onnx_from_saved_model
 from ._digits import WARMUP_RELPATH, check_model_name
 from ._layout import (
     all_or_nothing,
     check_absent,
     import_tensorflow,
+    output_error,
     quiet_tensorflow,
     staging_dir,
     version_dir,
@@ -203,14 +203,14 @@ def make_resnet50(
             staged_onnx.mkdir()
             (staged_onnx / "model.onnx").write_bytes(data)
         try:
-            with all_or_nothing(force) as outputs:  # a failure takes back what went in before it
+            with all_or_nothing(force, log) as outputs:  # a failure takes back what went in before it
                 outputs.install(staged_sm, sm_target)
                 if onnx:
                     outputs.install(staged_onnx, onnx_target)
                 if frozen_path is not None:
                     outputs.write(frozen_path, graph_def.SerializeToString())
         except OSError as exc:
-            raise UsageError(f"cannot write the outputs: {exc}") from exc
+            raise output_error(exc) from exc
     return DemoModel(
         name=name,
         saved_model_dir=sm_target,
