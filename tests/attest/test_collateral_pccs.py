@@ -204,6 +204,7 @@ def test_a_slow_fetch_for_one_platform_holds_up_no_other_platform(tmp_path: Path
         release.set()
     slow.join(10)
     assert slow_out == [sets[sgx.fmspc]] and src.fetches == 2
+    assert src._locks == {}  # a platform's lock lives only while requests use it (keys come from clients)
 
 
 def test_a_request_without_a_cached_set_waits_for_the_fetch_in_flight_then_gives_up(tmp_path: Path) -> None:
@@ -253,6 +254,18 @@ def test_a_valid_cached_set_answers_while_its_refresh_is_in_flight(pccs: Running
         release.set()
     refresher.join(10)
     assert refreshed[0].fmspc == q.fmspc and src.fetches == 2
+
+
+def test_an_unwritable_cache_folder_still_serves_the_fetched_set(pccs: RunningPccs, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A cache folder that cannot be made (here a file is in its way; in a container, a read-only root
+    and HOME=/nonexistent) must not turn a good fetch into a denial."""
+    (tmp_path / "taken").write_text("a file where the cache folder should be")
+    q = parse_quote(quote_of(SGX))
+    src = CachingCollateralSource(PccsClient(pccs.url, ca_file=pccs.ca_file), tmp_path / "taken" / "cache")
+    assert src.get(q, now=SGX["now_secs"]).fmspc == "00606A000000"
+    assert "cannot write the collateral cache file" in caplog.text and "kept in memory only" in caplog.text
+    assert src.get(q, now=SGX["now_secs"] + 1).fmspc == "00606A000000" and src.fetches == 1  # from memory
 
 
 def test_corrupt_cache_file_is_refetched(pccs: RunningPccs, tmp_path: Path) -> None:

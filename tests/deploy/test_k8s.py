@@ -214,7 +214,8 @@ def test_sim_overlay_server_command_is_a_valid_teeserve_command_line() -> None:
     serve = build_parser().parse_args(command)
     assert serve.func.__module__.endswith("_cmd_serve")
     mounted = {m["mountPath"] for m in c["volumeMounts"]}
-    assert "/etc/teeserve/sim" in mounted and "/srv/teeserve/models" in mounted
+    assert "/etc/teeserve/sim" in mounted and "/srv/teeserve" in mounted
+    assert serve.require_encrypted is True  # in-process: a plaintext model or ssl.cfg is refused
 
 
 def test_broker_args_are_a_valid_teeserve_broker_command_line(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -229,3 +230,49 @@ def test_broker_args_are_a_valid_teeserve_broker_command_line(overlay: tuple[str
     assert os.path.dirname(args.cert) in mounts and os.path.dirname(args.key) in mounts
     assert os.path.dirname(args.audit) == "/var/lib/teeserve" in mounts
     assert args.listen.endswith(":4433")
+    if args.pccs_url:  # collateral cached on the broker's volume (its root file system is read-only)
+        assert args.cache_dir and args.cache_dir.startswith("/var/lib/teeserve/")
+
+
+def mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume mount of ``container`` that holds ``path`` (the deepest one)."""
+    found = [m for m in container["volumeMounts"]
+             if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert found, f"nothing mounted at {path}"
+    return max(found, key=lambda m: len(m["mountPath"]))
+
+
+def test_the_enclaves_encrypted_files_are_on_a_writable_volume_copied_from_the_read_only_ones() -> None:
+    """Gramine opens an encrypted mount's files read-write, even to read them: the model and ssl.cfg
+    that the signed manifest mounts encrypted must be on a writable volume (not a Secret, not read-only),
+    filled by an init container from the read-only models volume and the TLS Secret."""
+    doc = tomllib.loads((REPO / "deploy" / "gramine" / "teeserve.manifest.template").read_text())
+    encrypted = [m["path"] for m in doc["fs"]["mounts"] if m.get("type") == "encrypted"]
+    assert encrypted
+    [server] = by_kind(render("overlays/sgx"), "Deployment", "teeserve-server")
+    spec = server["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    c = spec["containers"][0]
+    for path in encrypted:
+        m = mount_of(c, path)
+        assert not m.get("readOnly") and "subPath" not in m, (path, m)
+        assert "emptyDir" in volumes[m["name"]], (path, volumes[m["name"]])
+    [init] = spec["initContainers"]
+    assert {m["name"] for m in init["volumeMounts"]} >= {"models", "server-tls", mount_of(c, encrypted[0])["name"]}
+    assert init["securityContext"]["runAsUser"] == c["securityContext"]["runAsUser"]
+
+
+def test_server_pods_can_read_their_secrets(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Secret files are root-owned with mode 0440: the pod's fsGroup must be the group the server runs
+    as, or it cannot read ssl.cfg or the probe certificates."""
+    _, docs = overlay
+    for name, spec in pod_specs(docs):
+        secrets = [v for v in spec.get("volumes", []) if "secret" in v]
+        if not secrets:
+            continue
+        group = spec.get("securityContext", {}).get("fsGroup")
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
+            mounted = {m["name"] for m in c.get("volumeMounts", [])}
+            if mounted & {v["name"] for v in secrets}:
+                run_as = c.get("securityContext", {}).get("runAsGroup", spec.get("securityContext", {}).get("runAsGroup"))
+                assert group is not None and group == run_as, (name, c["name"], group, run_as)

@@ -148,6 +148,12 @@ def test_checked_in_example_is_what_the_renderer_gives() -> None:
         ({"serve_args": ("--rest_api_timeout_in_ms=0",)}, "--rest_api_timeout_in_ms must be positive"),
         ({"serve_args": ("--workers=2",)}, "one worker per enclave"),
         ({"serve_args": ("--worker-cpu-affinity=auto",)}, "--serve-arg --worker-cpu-affinity: it pins --workers"),
+        ({"serve_args": ("--model_base_path=/etc",)}, "--serve-arg --model_base_path=/etc: --model_base_path is set "
+                                                       "by the manifest's own options (--model-dir)"),
+        ({"serve_args": ("--require-encrypted=false",)}, "--require-encrypted is set by the manifest"),
+        ({"serve_args": ("--ssl_config_file", "/x")}, "--ssl_config_file is set by the manifest"),
+        ({"model_dir": "/srv/m/\x7fd"}, "a control character"),
+        ({"broker": "b\r:4433"}, "a control character"),
         ({"serve_args": ("--worker-connection-balance=round-robin",)},
          "--serve-arg --worker-connection-balance: it deals connections to --workers"),
     ],
@@ -165,8 +171,28 @@ def test_good_serve_args_are_accepted() -> None:
 
 
 def test_models_inside_the_venv_are_refused() -> None:
-    with pytest.raises(deploy.ManifestInputError, match="inside a trusted directory"):
+    with pytest.raises(deploy.ManifestInputError, match="overlaps a trusted directory"):
         deploy.render_manifest(example_spec(model_dir="/opt/teeserve/venv/models"), CONTAINER_PYTHON)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"model_dir": "/opt/teeserve"}, "--model-dir /opt/teeserve: overlaps a trusted directory"),  # holds the venv
+    ({"model_dir": "/"}, "--model-dir /: overlaps a trusted directory"),
+    ({"ssl_config": "/opt/teeserve/broker-ca.pem"}, "--ssl-config /opt/teeserve/broker-ca.pem: overlaps"),
+    ({"extra_trusted": ("/srv/teeserve/models",)}, "--trust /srv/teeserve/models: overlaps --model-dir"),
+    ({"extra_trusted": ("/srv/teeserve/models/digits/1/model.onnx",)}, "--trust /srv/teeserve/models/digits/1/"),
+])
+def test_secret_paths_overlapping_trusted_ones_either_way_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(deploy.ManifestInputError, match=re.escape(message)):
+        deploy.render_manifest(example_spec(**changes), CONTAINER_PYTHON)
+
+
+def test_in_process_mode_has_the_server_refuse_plaintext_models_and_ssl_cfg() -> None:
+    """The host controls allowed files: a plaintext model or ssl.cfg put in their place must be refused
+    by teeserve, which decrypts them itself in this mode (under gramine-mounts Gramine refuses them)."""
+    argv = render(mode="in-process")["loader"]["argv"]
+    assert "--require-encrypted" in argv[argv.index("serve"):]
+    assert "--require-encrypted" not in render()["loader"]["argv"]  # Gramine hands teeserve plaintext there
 
 
 def test_inspect_python_describes_this_venv() -> None:

@@ -563,6 +563,17 @@ def test_ssl_config_key_decrypts_ssl_cfg_with_a_named_key(tls_dir: Path, tmp_pat
     with pytest.raises(ServeError, match="--ssl_config_file"):
         wrong.load_tls()  # the default key is the model owner's: not this file's
 
+    # --require-encrypted: a plaintext ssl.cfg (one the host put in the encrypted one's place) is refused.
+    plain = ModelServer(parse_serve_args([f"--model_base_path={tmp_path}", "--port=8500",
+                                          f"--ssl_config_file={tls_dir / 'ssl.cfg'}", "--require-encrypted"]),
+                        keys={"default": owner_key})
+    asyncio.run(plain.obtain_keys())
+    with pytest.raises(ServeError, match=r"ssl.cfg: not a protected file, and --require-encrypted refuses plaintext"):
+        plain.load_tls()
+    strict = ModelServer(parse_serve_args([*args, "--ssl-config-key=ops", "--require-encrypted"]), keys={"ops": ops_key})
+    asyncio.run(strict.obtain_keys())
+    assert strict.load_tls().protected  # an encrypted one still loads
+
     missing = ModelServer(parse_serve_args([*args, "--ssl-config-key=ops"]), keys={"default": owner_key})
     with pytest.raises(ServeError, match="--ssl-config-key ops: this server does not hold that key"):
         missing._check_key_names(missing._expected_key_names())

@@ -28,6 +28,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from typing import Protocol
 
 from .._errors import UsageError
@@ -243,11 +244,12 @@ class CachingCollateralSource:
         self._memory: dict[tuple[str, str, str], _Entry] = {}
         self._failed_at: dict[tuple[str, str, str], int] = {}
         # One fetch at a time per platform (no thundering herd on the PCCS), and a platform's slow
-        # fetch holds up no other platform's requests: a lock per (tee, FMSPC, CA), from a fixed pool
-        # (the key comes from a quote not yet verified: a dict of locks would grow at a client's will).
-        self._locks = [threading.Lock() for _ in range(64)]
+        # fetch holds up no other platform's requests: a lock per (tee, FMSPC, CA). The key comes from
+        # a quote not yet verified, so a lock lives only while requests use it ([lock, users]), and
+        # the table holds no more keys than there are requests in progress.
+        self._locks: dict[tuple[str, str, str], list[Any]] = {}
         self.wait_timeout = 60.0  # a request waits this long for another's fetch of its platform
-        self._guard = threading.Lock()  # the counter
+        self._guard = threading.Lock()  # the lock table and the counter
         self.fetches = 0  # how many fetches were attempted (for operators and tests)
 
     def _path(self, key: tuple[str, str, str]) -> Path | None:
@@ -273,7 +275,11 @@ class CachingCollateralSource:
         path = self._path(key)
         if path is not None:
             doc = {"fetched_at": entry.fetched_at, "collateral": entry.collateral.json_text}
-            write_file_atomic(path, json.dumps(doc).encode(), mode=PUBLIC_MODE)
+            try:
+                write_file_atomic(path, json.dumps(doc).encode(), mode=PUBLIC_MODE)
+            except OSError as exc:  # the fetched set is good: serve it from memory, do not deny for a disk
+                log.warning("cannot write the collateral cache file %s: %s (kept in memory only)", path,
+                            exc.strerror or exc)
 
     def _fresh(self, entry: _Entry, now: int) -> bool:
         c = entry.collateral
@@ -288,20 +294,29 @@ class CachingCollateralSource:
                 "cannot tell the quote's FMSPC / PCK CA (no readable PCK certificate)"
             )
         key = (quote.tee, quote.fmspc, quote.pck_ca)
-        lock = self._locks[hash(key) % len(self._locks)]
-        if not lock.acquire(blocking=False):
-            # Another request is fetching this platform's collateral. A cached set that is still
-            # valid is the answer meanwhile (a refresh ahead of expiry); without one, wait for it.
-            entry = self._memory.get(key)
-            if entry is not None and entry.collateral.valid_at(now):
-                return entry.collateral
-            if not lock.acquire(timeout=self.wait_timeout):
-                raise CollateralUnavailable(f"another request has been fetching the collateral of "
-                                            f"{'/'.join(key)} for over {self.wait_timeout:g} s")
+        with self._guard:
+            slot = self._locks.setdefault(key, [threading.Lock(), 0])
+            slot[1] += 1
+        lock: threading.Lock = slot[0]
         try:
-            return self._get(key, quote, now)
+            if not lock.acquire(blocking=False):
+                # Another request is fetching this platform's collateral. A cached set that is still
+                # valid is the answer meanwhile (a refresh ahead of expiry); without one, wait for it.
+                entry = self._memory.get(key)
+                if entry is not None and entry.collateral.valid_at(now):
+                    return entry.collateral
+                if not lock.acquire(timeout=self.wait_timeout):
+                    raise CollateralUnavailable(f"another request has been fetching the collateral of "
+                                                f"{'/'.join(key)} for over {self.wait_timeout:g} s")
+            try:
+                return self._get(key, quote, now)
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            with self._guard:
+                slot[1] -= 1
+                if not slot[1]:
+                    del self._locks[key]
 
     def _get(self, key: tuple[str, str, str], quote: Quote, now: int) -> Collateral:
         entry = self._load(key)

@@ -77,8 +77,8 @@ def _check_path(option: str, value: str) -> str:
 
 
 def _check_text(option: str, value: str) -> str:
-    if any(d in value for d in _JINJA) or "\0" in value or "\n" in value:
-        raise ManifestInputError(f"{option} {value!r}: contains template delimiters, a NUL or a newline")
+    if any(d in value for d in _JINJA) or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ManifestInputError(f"{option} {value!r}: contains template delimiters or a control character")
     return value
 
 
@@ -163,6 +163,11 @@ class ManifestSpec:
             raise ManifestInputError("--port and --rest-port must differ")
         for arg in self.serve_args:
             _check_text("--serve-arg", arg)
+            flag = arg.split("=", 1)[0]
+            if flag in _SPEC_FLAGS:
+                raise ManifestInputError(
+                    f"--serve-arg {arg}: {flag} is set by the manifest's own options ({_SPEC_FLAGS[flag]}); "
+                    "a second value would win over the one the mounts were made for")
         _check_serve_args(serve_argv(self)[1:])
         if not (0 <= self.isv_prod_id <= 0xFFFF and 0 <= self.isv_svn <= 0xFFFF):
             raise ManifestInputError("--isv-prod-id and --isv-svn are 16-bit numbers")
@@ -172,6 +177,15 @@ class ManifestSpec:
     @property
     def ssl_key_name(self) -> str:
         return self.key_name
+
+
+#: ``teeserve serve`` flags the manifest sets from its own options (--serve-arg may not set them again:
+#: argparse takes the last value, so the server would serve what the mounts were not made for).
+_SPEC_FLAGS = {
+    "--model_name": "--model-name", "--model_base_path": "--model-dir", "--port": "--port",
+    "--rest_api_port": "--rest-port", "--host": "the listen address", "--ssl_config_file": "--ssl-config",
+    "--require-encrypted": "--mode in-process sets it", "--model_config_file": "--model-dir",
+}
 
 
 def serve_argv(spec: ManifestSpec) -> list[str]:
@@ -186,6 +200,11 @@ def serve_argv(spec: ManifestSpec) -> list[str]:
     ]
     if spec.ssl_config:
         argv.append(f"--ssl_config_file={spec.ssl_config}")
+    if spec.mode == "in-process":
+        # The model folder and ssl.cfg are host files here (sgx.allowed_files), decrypted by teeserve:
+        # a plaintext file the host put in their place must be refused, not served (or, for ssl.cfg,
+        # give the host a TLS key of its choosing).
+        argv.append("--require-encrypted")
     argv.extend(spec.serve_args)
     return argv
 
@@ -298,10 +317,21 @@ def render_manifest(spec: ManifestSpec, py: PythonLayout, *, version: str | None
     for f in (py.entrypoint, py.shared_lib, spec.broker_ca, *spec.extra_trusted):
         if f and not any(f.startswith(d + "/") for d in trusted_dirs):
             trusted.append(f"file:{f}")
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+    trusted_paths = [*trusted_dirs, *(f for f in (py.entrypoint, py.shared_lib, spec.broker_ca) if f)]
     for option, path in (("--model-dir", spec.model_dir), ("--ssl-config", spec.ssl_config)):
-        if path and any(path == d or path.startswith(d + "/") for d in trusted_dirs):
-            raise ManifestInputError(f"{option} {path}: inside a trusted directory of the interpreter; keep "
-                                     "models and ssl.cfg outside the venv and the system library directories")
+        if not path:
+            continue
+        if any(overlaps(path, d) for d in trusted_paths):
+            raise ManifestInputError(f"{option} {path}: overlaps a trusted directory or file of the interpreter "
+                                     "(or the broker CA); keep models and ssl.cfg apart from the venv and the "
+                                     "system library directories")
+        for extra in spec.extra_trusted:
+            if overlaps(path, extra):
+                raise ManifestInputError(f"--trust {extra}: overlaps {option} {path} (secret files are mounted "
+                                         "encrypted, not trusted)")
     data: list[dict[str, str | None]] = []
     allowed: list[str] = []
     secret_files = [(spec.model_dir, True)] + ([(spec.ssl_config, False)] if spec.ssl_config else [])

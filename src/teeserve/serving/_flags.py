@@ -328,7 +328,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     own.add_argument(
         "--require-encrypted", dest="require_encrypted", nargs="?", const=True, default=False, type=parse_bool,
-        metavar="BOOL", help="refuse model files that are not Gramine protected files (default: false)",
+        metavar="BOOL", help="refuse model files, and an --ssl_config_file, that are not Gramine protected files "
+        "(default: false)",
     )
     own.add_argument(
         "--drain-timeout", type=_float, default=20.0, metavar="SECONDS",

@@ -304,6 +304,10 @@ class ModelServer:
             raise ServeError(f"--ssl_config_file: {exc}") from None
         except OSError as exc:
             raise ServeError(f"--ssl_config_file {path}: {exc.strerror or exc}") from None
+        if not protected and self.options.require_encrypted:
+            # (in-process Gramine mode: the host could otherwise put in a TLS key of its own choosing)
+            raise ServeError(f"--ssl_config_file {path}: not a protected file, and --require-encrypted refuses "
+                             "plaintext: encrypt it ('teeserve encrypt')")
         cfg = tlsmaterial.parse_ssl_config(data, path)
         if not protected:
             log.warning(
