@@ -144,6 +144,8 @@ def test_key_types(make_material, key_type: str) -> None:
         ({"server_dns": ["ok.example", "no spaces.example"]}, "--server-dns"),
         ({"server_ips": ["1.2.3"]}, "--server-ip"),
         ({"server_ips": ["localhost"]}, "--server-ip"),
+        ({"server_ips": ["fe80::1%eth0"]}, r"--server-ip.*has a zone \(%eth0\)"),
+        ({"server_cn": "fe80::1%eth0"}, r"server CN.*has a zone \(%eth0\), which a certificate cannot hold"),
         ({"client_cn": None, "client_dns": ["c.example"]}, "--client-dns"),
         ({"days": 0}, "--days"),
         ({"days": tlsmaterial.MAX_DAYS + 1}, "--days"),

@@ -79,9 +79,13 @@ class IssuedMaterial:
 def check_ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """Parse an IP address literal, or raise :class:`CertificateOptionsError` naming ``what``."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise CertificateOptionsError(f"{what}: {text!r} is not an IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None):  # a certificate has no place for it: it would be dropped
+        raise CertificateOptionsError(f"{what}: {text!r} has a zone (%{address.scope_id}), which a certificate "
+                                      "cannot hold; give the address without it")
+    return address
 
 
 def check_dns_name(text: str, what: str, *, wildcard: bool = False) -> str:
@@ -126,9 +130,11 @@ def _sans(cn: str, dns: Iterable[str], ips: Iterable[str], what: str) -> list[x5
     _check_cn(cn, cn_what)
     names: list[x509.GeneralName] = []
     try:
-        cn_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(cn)
+        ipaddress.ip_address(cn)
     except ValueError:
-        cn_ip = None
+        cn_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    else:
+        cn_ip = check_ip(cn, cn_what)
     if cn_ip is not None:
         names.append(x509.IPAddress(cn_ip))
     else:
