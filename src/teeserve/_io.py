@@ -62,10 +62,33 @@ class Staging:
         self._files: list[tuple[str, Path, bool]] = []  # (temporary file, target, overwrite)
 
     def commit(self) -> None:
+        """Put every staged file in place, or none: each existing target is first renamed aside, and if
+        any rename fails (a target that became a directory after the check, a staged file removed) the
+        files already placed are taken out and the old ones renamed back before the error is raised.
+
+        Raises:
+            OSError naming the target that could not be replaced; OutputExists, OutputNotRegular.
+        """
         for _tmp, target, overwrite in self._files:  # nothing is replaced unless every target still may be
             _check_target(target, overwrite)
-        for tmp, target, _overwrite in self._files:
-            os.replace(tmp, target)
+        done: list[tuple[Path, str | None, bool]] = []  # (target, its old file's hidden name, new one placed)
+        try:
+            for tmp, target, _overwrite in self._files:
+                try:
+                    old = _move_aside(target)
+                    done.append((target, old, False))
+                    os.replace(tmp, target)
+                    done[-1] = (target, old, True)
+                except OSError as exc:  # name the target, not the temporary file
+                    raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
+        except BaseException:
+            _put_back(done)
+            self.discard()
+            raise
+        for _target, old, _placed in done:  # the old files are superseded (a decrypt's may hold plaintext)
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
         self._files.clear()
 
     def discard(self) -> None:
@@ -73,6 +96,43 @@ class Staging:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         self._files.clear()
+
+
+def _move_aside(target: Path) -> str | None:
+    """Keep an existing ``target`` under a fresh hidden name beside it; None if there is no target.
+
+    A hard link where the file system has them, so the target itself never goes missing (the new file
+    replaces it atomically, as before); a rename otherwise."""
+    if not os.path.lexists(target):
+        return None
+    fd, old = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            os.unlink(old)
+            os.link(target, old, follow_symlinks=False)
+        except OSError:
+            os.replace(target, old)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(old)
+        raise
+    return old
+
+
+def _put_back(done: list[tuple[Path, str | None, bool]]) -> None:
+    """Undo a commit that failed part-way, last target first: each old file goes back (renamed over the
+    new one, so the target never goes missing) and a new file without an old one is removed. An old file
+    that cannot be put back stays under its hidden name rather than being lost."""
+    for target, old, placed in reversed(done):
+        with contextlib.suppress(OSError):
+            if old is None:
+                if placed:
+                    os.unlink(target)
+            elif placed or not os.path.lexists(target):
+                os.replace(old, target)
+            else:  # never replaced: the target is still the old file, and ``old`` a second link to it
+                os.unlink(old)
 
 
 @contextlib.contextmanager

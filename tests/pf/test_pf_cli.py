@@ -529,3 +529,120 @@ def test_a_directory_that_cannot_be_listed_fails_the_tree_run(
     assert code == 1 and out == ""
     assert "model/variables" in err and "cannot list: Permission denied" in err and "Traceback" not in err
     assert not (work / "enc").exists()
+
+
+@pytest.mark.parametrize("direction", ["encrypt", "decrypt"])
+def test_a_link_to_a_directory_inside_a_tree_is_refused(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str], direction: str
+) -> None:
+    """os.walk does not descend into a linked directory: the run succeeded with variables/ left out.
+    Such a link is refused before anything is written; a link to a file is still read through."""
+    files = make_saved_model(work / "plain")
+    (work / "outside.bin").write_bytes(b"linked file")
+    (work / "plain" / "linked.bin").symlink_to(work / "outside.bin")
+    pf.encrypt_tree(work / "plain", work / "enc", key.read_bytes())
+    source = "plain" if direction == "encrypt" else "enc"
+    os.rename(work / source / "variables", work / "elsewhere")
+    (work / source / "variables").symlink_to(work / "elsewhere", target_is_directory=True)
+    code, out, err = run(capsys, direction, "-w", "wrap_key", "-i", source, "-o", "out")
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert err == (f"teeserve: error: {source}/variables: is a symbolic link to a directory, which a tree "
+                   "run does not follow (it may lead outside the tree); replace it with the directory itself "
+                   "(cp -rL)\n")
+    assert not (work / "out").exists()
+    (work / source / "variables").unlink()
+    os.rename(work / "elsewhere", work / source / "variables")
+    assert run(capsys, direction, "-w", "wrap_key", "-i", source, "-o", "out")[0] == 0
+    if direction == "encrypt":
+        with pf.open_reader(work / "out" / "linked.bin", key.read_bytes()) as r:
+            assert r.read_all() == b"linked file"
+    else:
+        assert (work / "out" / "linked.bin").read_bytes() == b"linked file"
+        assert all((work / "out" / rel).read_bytes() == data for rel, data in files.items())
+
+
+def test_an_empty_input_or_output_is_refused(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty -o (an unset shell variable) on a tree bound every file to /relpath and wrote the files
+    into the current directory, exit 0; the library refuses an empty path too."""
+    (work / "m.bin").write_bytes(b"model")
+    make_saved_model(work / "tree")
+    k = key.read_bytes()
+    pf.encrypt_tree(work / "tree", work / "enc", k)
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    for command, source in (("encrypt", "tree"), ("encrypt", "m.bin"), ("decrypt", "enc")):
+        for flag, argv in (("-o/--output", ["-i", source, "-o", ""]), ("-i/--input", ["-i", "", "-o", "x"]),
+                           ("-w/--wrap-key", ["-i", source, "-o", "x", "-w", ""])):
+            code, out, err = run(capsys, command, "-w", "wrap_key", *argv)
+            assert code == 2 and out == "" and err.startswith(f"teeserve: error: {flag}: empty; give "), err
+            assert err.count("\n") == 1
+    for name, call in (
+        ("dst_dir", lambda: pf.encrypt_tree(work / "tree", "", k)),
+        ("dst_dir", lambda: pf.decrypt_tree(work / "enc", "", k)),
+        ("src_dir", lambda: pf.encrypt_tree("", work / "out", k)),
+        ("src_dir", lambda: pf.decrypt_tree("", work / "out", k)),
+        ("dst", lambda: pf.encrypt_file(work / "m.bin", "", k)),
+        ("dst", lambda: pf.decrypt_file(work / "enc" / "saved_model.pb", "", k)),
+    ):
+        with pytest.raises(ValueError, match=f"^{name} must not be empty$"):
+            call()
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+
+
+def test_output_errors_name_the_path_at_fault(
+    work: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-o .` was "the path to bind is empty"; a file where the tree has a directory was "d -> o:
+    failed: Not a directory", without saying which path."""
+    (work / "m.bin").write_bytes(b"model")
+    for out in (".", "gone/.."):
+        code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "m.bin", "-o", out)
+        assert code == 1 and err == f"teeserve: error: {out}: names a directory (the current one), not the " \
+            "file to write; give the protected file's path\n", err
+    make_saved_model(work / "tree")
+    (work / "out").mkdir()
+    (work / "out" / "variables").write_bytes(b"mine")
+    code, _, err = run(capsys, "encrypt", "-w", "wrap_key", "-i", "tree", "-o", "out")
+    assert code == 1 and err == "teeserve: error: tree -> out: failed: out/variables: Not a directory\n", err
+    assert sorted(os.listdir(work / "out")) == ["variables"]
+    assert (work / "out" / "variables").read_bytes() == b"mine"
+
+
+@pytest.mark.timeout(60)  # the old sniff opened the FIFO and waited for a writer forever
+def test_is_protected_file_never_opens_what_is_not_a_regular_file(work: Path, key: Path) -> None:
+    os.mkfifo(work / "fifo")
+    assert not pf.is_protected_file(work / "fifo")
+    assert not pf.is_protected_file("/dev/zero") and not pf.is_protected_file(work)
+    (work / "m.bin").write_bytes(b"model")
+    pf.encrypt_file(work / "m.bin", work / "e.bin", key.read_bytes())
+    (work / "link").symlink_to(work / "e.bin")
+    assert pf.is_protected_file(work / "e.bin") and pf.is_protected_file(work / "link")
+
+
+def test_a_staged_commit_that_fails_part_way_puts_the_old_files_back(tmp_path: Path) -> None:
+    """A tree's outputs replace their targets all or nothing: here the third replacement fails (its
+    staged file was removed), after two targets were already replaced; those get their old content
+    back, a new target is removed again, and no temporary or set-aside file is left."""
+    from teeserve._io import Staging, atomic_output
+
+    names = ["a", "new", "b", "c"]
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(f"old {name}".encode())
+    stage = Staging()
+    for name in names:
+        with atomic_output(tmp_path / name, stage=stage) as fh:
+            fh.write(f"new {name}".encode())
+    staged = {p for p in tmp_path.iterdir() if p.name.endswith(".part")}
+    (next(p for p in staged if p.name.startswith(".b.")).unlink())
+    with pytest.raises(FileNotFoundError) as err:
+        stage.commit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {n: f"old {n}".encode() for n in "abc"}
+    assert err.value.filename == os.fspath(tmp_path / "b")  # the target, not its temporary file
+
+    stage = Staging()
+    for name in names:
+        with atomic_output(tmp_path / name, stage=stage) as fh:
+            fh.write(f"new {name}".encode())
+    stage.commit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {n: f"new {n}".encode() for n in names}

@@ -76,9 +76,22 @@ def _check_host_prefix(prefix: str | None) -> None:
         )
 
 
+def _check_not_empty(args: argparse.Namespace) -> None:
+    """An empty -w/-i/-o (an unset shell variable) names no file: as a tree's output it would bind
+    every file to /relpath and write into the current directory."""
+    from teeserve._errors import UsageError
+
+    for flag, value, what in (("-w/--wrap-key", args.wrap_key, "the wrap key file"),
+                              ("-i/--input", args.input, "the input file or directory"),
+                              ("-o/--output", args.output, "the output file or directory")):
+        if not value:
+            raise UsageError(f"{flag}: empty; give {what}")
+
+
 def _encrypt(args: argparse.Namespace) -> int:
     from teeserve import pf
 
+    _check_not_empty(args)
     _check_host_prefix(args.host_prefix)
     key = pf.load_wrap_key(args.wrap_key)
     if os.path.isdir(args.input):
@@ -108,6 +121,7 @@ def _decrypt(args: argparse.Namespace) -> int:
     from teeserve import pf
     from teeserve._errors import UsageError
 
+    _check_not_empty(args)
     if args.verify_path and args.expected_path is not None:
         raise UsageError("give either --verify-path or --expected-path, not both")
     key = pf.load_wrap_key(args.wrap_key)

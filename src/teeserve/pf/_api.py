@@ -40,12 +40,24 @@ PathLike = str | os.PathLike[str]
 
 @contextlib.contextmanager
 def _io_errors(src: PathLike, dst: PathLike) -> Iterator[None]:
-    """Report an operating-system failure mid-way (disk full, I/O error) as one of ours."""
+    """Report an operating-system failure mid-way (disk full, I/O error) as one of ours, naming the
+    path it concerns when that is not ``dst`` itself (``o/p: Not a directory`` says which ``p``)."""
     try:
         yield
     except OSError as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        where = exc.filename2 or exc.filename  # a rename's target, else the one path
+        if where is not None and os.fsdecode(where) != os.fspath(dst):
+            reason = f"{os.fsdecode(where)}: {reason}"
         raise ProtectedFileError(f"{os.fspath(src)} -> {os.fspath(dst)}", f"failed: {reason}") from exc
+
+
+def _check_paths(**paths: PathLike) -> None:
+    """An empty path is a mistake (an unset variable), not a name: as a tree's output it bound every
+    file to ``/relpath`` and wrote into the current directory; as its input it read the current one."""
+    for name, path in paths.items():
+        if not os.fspath(path):
+            raise ValueError(f"{name} must not be empty")
 
 
 def _check_version(format_version: int) -> int:
@@ -123,16 +135,21 @@ def encrypt_file(
     A failure leaves neither ``dst`` nor the directories made for it.
 
     Raises:
-        PathTooLong, SourceChanged, ProtectedFileError (unreadable input), OutputExists.
+        PathTooLong, SourceChanged, ProtectedFileError (unreadable input, or a ``dst`` such as ``.``
+        that names a directory), OutputExists; ValueError for an empty ``src`` or ``dst``.
     """
     key = check_key(key)
     _check_version(format_version)
+    _check_paths(src=src, dst=dst)
     return _encrypt_one(src, dst, key, bound_path, format_version, overwrite, progress, None)
 
 
 def _encrypt_one(src: PathLike, dst: PathLike, key: bytes, bound_path: str | None, format_version: int,
                  overwrite: bool, progress: Progress | None, stage: Staging | None) -> str:
     bound = normalize_path(os.fspath(dst) if bound_path is None else bound_path)
+    if bound_path is None and not bound:  # ".", "a/..": no file name to write or to bind
+        raise ProtectedFileError(os.fspath(dst), "names a directory (the current one), not the file to "
+                                 "write; give the protected file's path")
     raw = encode_path(bound, os.fspath(dst))
     source = os.fspath(src)
     with _open_input(src) as fh:
@@ -161,8 +178,10 @@ def decrypt_file(
     """Decrypt protected file ``src`` to ``dst`` (mode 0600), verifying every node first.
 
     ``dst`` appears only if the whole file authenticated, and so do the directories made for it.
-    Raises what :func:`open_reader` and ``Reader.read`` raise, and OutputExists.
+    Raises what :func:`open_reader` and ``Reader.read`` raise, OutputExists, and ValueError for an
+    empty ``src`` or ``dst``.
     """
+    _check_paths(src=src, dst=dst)
     with open_reader(src, key, expected_path=expected_path) as reader:
         with (_io_errors(src, dst), _output_dirs(dst),
               atomic_output(dst, mode=SECRET_MODE, overwrite=overwrite) as out):
@@ -170,10 +189,13 @@ def decrypt_file(
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
-    """(relative path, is_dir) of everything under ``root``, sorted; symlinked files are followed.
+    """(relative path, is_dir) of everything under ``root``, sorted.
 
-    A directory that cannot be listed is an error, not skipped (``os.walk``'s default): a tree run
-    that silently left a model's files out would ship a model that fails only when it is served."""
+    A link to a file is read through (one file's bytes, as ``cp`` copies it); a link to a directory is
+    refused, not followed: it can lead outside the tree or loop, and ``os.walk`` would otherwise skip
+    its contents silently. A directory that cannot be listed is an error, not skipped (``os.walk``'s
+    default): a tree run that silently left a model's files out would ship a model that fails only
+    when it is served."""
 
     def unreadable(exc: OSError) -> None:
         raise ProtectedFileError(os.fspath(exc.filename or root), f"cannot list: {exc.strerror or exc}") from exc
@@ -182,6 +204,10 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
         dirnames.sort()
         here = Path(dirpath)
         for name in dirnames:
+            if (here / name).is_symlink():
+                raise ProtectedFileError(
+                    os.fspath(here / name), "is a symbolic link to a directory, which a tree run does not "
+                    "follow (it may lead outside the tree); replace it with the directory itself (cp -rL)")
             yield (here / name).relative_to(root), True
         for name in sorted(filenames):
             yield (here / name).relative_to(root), False
@@ -293,11 +319,13 @@ def encrypt_tree(
     Returns ``[(output file, bound path), ...]`` in sorted order.
 
     Raises:
-        OutputExists (checked for every file before anything is written), PathTooLong, and what
-        :func:`encrypt_file` raises.
+        OutputExists (checked for every file before anything is written), PathTooLong,
+        ProtectedFileError (also for a link to a directory inside ``src_dir``: refused, not followed),
+        ValueError (an empty ``src_dir`` or ``dst_dir``), and what :func:`encrypt_file` raises.
     """
     key = check_key(key)
     _check_version(format_version)
+    _check_paths(src_dir=src_dir, dst_dir=dst_dir)
     if host_prefix == "":
         raise ValueError("host_prefix must not be empty: it would bind every file to /relpath (give None "
                          "to bind to dst_dir)")
@@ -334,9 +362,12 @@ def decrypt_tree(
     """Decrypt every protected file under ``src_dir`` into ``dst_dir`` (files 0600), all or nothing.
 
     With ``verify_paths`` each file's bound path must equal ``normalize_path(src_dir/relpath)``
-    (like ``pf-crypt decrypt -V``). Returns ``[(output file, stored path), ...]``.
+    (like ``pf-crypt decrypt -V``). Returns ``[(output file, stored path), ...]``. Like
+    :func:`encrypt_tree`, refuses an empty ``src_dir`` or ``dst_dir`` (ValueError) and a link to a
+    directory inside ``src_dir``.
     """
     key = check_key(key)
+    _check_paths(src_dir=src_dir, dst_dir=dst_dir)
     dirs, files = _tree_plan(src_dir, dst_dir, overwrite)
     src, dst = Path(src_dir), Path(dst_dir)
     done = _TreeOutput(src, dst)
@@ -362,14 +393,19 @@ def decrypt_tree(
 
 
 def is_protected_file(obj: PathLike | BinaryIO | bytes | bytearray | memoryview) -> bool:
-    """Cheap sniff (no key needed): ``GRAFS_PF`` magic and a whole, non-zero number of nodes."""
+    """Cheap sniff (no key needed): ``GRAFS_PF`` magic and a whole, non-zero number of nodes. A path
+    that is not a regular file (a FIFO, a device, a directory) is False without being opened."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         data = memoryview(obj)
         return len(data) >= NODE_SIZE and len(data) % NODE_SIZE == 0 and data[:8] == FILE_ID
     if isinstance(obj, (str, os.PathLike)):
         try:
-            with open(obj, "rb") as fh:
-                return _sniff(fh)
+            # stat first: opening a FIFO waits for a writer, and opening a device can act on it
+            if not stat.S_ISREG(os.stat(obj).st_mode):
+                return False
+            fd = os.open(obj, os.O_RDONLY | os.O_NONBLOCK)  # does not wait if it became a FIFO since
+            with open(fd, "rb") as fh:
+                return stat.S_ISREG(os.fstat(fd).st_mode) and _sniff(fh)
         except OSError:
             return False
     return _sniff(obj)
