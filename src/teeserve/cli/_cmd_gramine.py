@@ -227,7 +227,7 @@ next steps (on the SGX host or in the image build; docs/deploy.md):
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from ..deploy import ProvisionSettings, install_gramine_key, key_memfd_path, obtain_wrap_key
+    from ..deploy import ProvisionSettings, install_gramine_key, obtain_wrap_key
     from ..serving._server import configure_logging
 
     command = list(args.command)
@@ -238,6 +238,10 @@ def _provision(args: argparse.Namespace) -> int:
             raise UsageError("--mode in-process hands the key to 'serve': give '-- serve ...'")
         if any(a == "--wrap-key" or a.startswith("--wrap-key=") for a in command):
             raise UsageError("-- serve ... must not have --wrap-key: the key comes from the broker")
+        from . import build_parser
+        from ..serving._flags import options_from_args
+
+        options = options_from_args(build_parser().parse_args(command))  # bad flags: before attesting
     key_name = args.key_name or os.environ.get("SECRET_PROVISION_SET_KEY") or "default"
     configure_logging("text", "info")
     settings = ProvisionSettings.from_env(servers=args.broker, ca_path=args.broker_ca,
@@ -249,11 +253,17 @@ def _provision(args: argparse.Namespace) -> int:
         install_gramine_key(key, key_name, args.attestation_root)
         where = f"{os.path.join(args.attestation_root, 'keys', key_name)}"
     else:
-        command = [command[0], "--wrap-key", key_memfd_path(key), *command[1:]]
+        # Handed to the server in this process's memory: no file, and no memfd (Gramine's library OS
+        # has no memfd_create).
+        keys = {"default": key}
         where = "this process's memory (teeserve decrypts in process)"
     del key
     tag = " (SIMULATED TEE)" if args.tee == "sim" else ""
     print(f"teeserve: wrap key received from the broker{tag}, installed in {where}", file=sys.stderr, flush=True)
+    if args.mode == "in-process":
+        from ..serving._server import run as run_server
+
+        return run_server(options, keys=keys)
     if not command:
         return 0
     from . import main

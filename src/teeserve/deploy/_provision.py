@@ -8,8 +8,8 @@ receive the secret (16 raw bytes). Then, by key path:
 
 - ``gramine-mounts``: write the key with one ``write()`` to ``/dev/attestation/keys/<name>``, where
   Gramine's encrypted mounts with that ``key_name`` pick it up;
-- ``in-process``: hand it to ``teeserve serve`` in this process through an anonymous memory file
-  (``memfd``, ``--wrap-key /proc/self/fd/N``): it never exists as a regular file.
+- ``in-process``: hand it to ``teeserve serve`` run in this process, as a Python object (no file, no
+  file descriptor: Gramine's library OS has no ``memfd_create``).
 
 A broker that is not reachable yet (a pod starting before its broker) is retried with capped
 exponential backoff; a denial is final (exit non-zero, the orchestrator restarts and the audit log
@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ProvisionSettings", "obtain_wrap_key", "install_gramine_key", "key_memfd_path"]
+__all__ = ["ProvisionSettings", "obtain_wrap_key", "install_gramine_key"]
 
 log = logging.getLogger("teeserve.deploy.provision")
 
@@ -110,12 +110,3 @@ def install_gramine_key(key: bytes, name: str, root: str | os.PathLike[str] = "/
 
     write_key_to_gramine(key, name, root)
 
-
-def key_memfd_path(key: bytes) -> str:
-    """A ``/proc/self/fd/N`` path that reads back ``key``, backed by anonymous memory (never a file)."""
-    fd = os.memfd_create("teeserve-wrap-key", os.MFD_CLOEXEC)
-    view = memoryview(key)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return f"/proc/self/fd/{fd}"

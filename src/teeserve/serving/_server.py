@@ -741,9 +741,10 @@ def config_file_digest(path: str) -> str | None:
         return None
 
 
-async def serve(options: ServerOptions) -> int:
-    """Run a server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
-    return await serve_server(ModelServer(options))
+async def serve(options: ServerOptions, keys: dict[str, bytes] | None = None) -> int:
+    """Run a server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain). ``keys``:
+    wrap keys already obtained (``gramine provision --mode in-process``), instead of the flags' sources."""
+    return await serve_server(ModelServer(options, keys=keys))
 
 
 async def serve_server(server: ModelServer, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
@@ -802,7 +803,7 @@ def measurement(options: ServerOptions) -> tuple[str, str]:
     return tee, sim.code_measurement(options.measured_config()).hex()
 
 
-def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
+def run(options: ServerOptions, *, print_measurement: bool = False, keys: dict[str, bytes] | None = None) -> int:
     """The ``teeserve serve`` entry point: logging, then :func:`serve` on a fresh event loop."""
     if print_measurement:
         _, value = measurement(options)
@@ -812,7 +813,7 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
     if options.workers > 1:
         from ._workers import run_workers
 
-        return run_workers(options)
+        return run_workers(options, keys=keys)
     if options.worker_cpu_affinity != "none":
         log.warning("--worker-cpu-affinity=%s has no effect with one serving process (--workers 1): it "
                     "pins --workers processes", options.worker_cpu_affinity)
@@ -821,4 +822,4 @@ def run(options: ServerOptions, *, print_measurement: bool = False) -> int:
                     "it deals connections to --workers processes", options.worker_connection_balance)
     from . import _eventloop
 
-    return _eventloop.run(serve(options), options.event_loop)
+    return _eventloop.run(serve(options, keys), options.event_loop)

@@ -101,8 +101,9 @@ class _Worker:
     restart_at: float | None = None
 
 
-def run_workers(options: ServerOptions) -> int:
-    """Run ``options.workers`` serving processes until SIGTERM/SIGINT; returns the exit status."""
+def run_workers(options: ServerOptions, keys: dict[str, bytes] | None = None) -> int:
+    """Run ``options.workers`` serving processes until SIGTERM/SIGINT; returns the exit status.
+    ``keys``: wrap keys already obtained (then no attestation here)."""
     import asyncio
 
     from .._errors import UsageError
@@ -118,7 +119,7 @@ def run_workers(options: ServerOptions) -> int:
         for sock in reserved:
             stack.callback(sock.close)
         _check_balance(options)
-        keyring_owner = ModelServer(options)
+        keyring_owner = ModelServer(options, keys=keys)
         keyring_owner._check_key_names(keyring_owner._expected_key_names())  # before attesting, too
         previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop while the keys are obtained
         try:
