@@ -350,7 +350,6 @@ def test_documents_parse_exactly_as_the_stdlib_reads_them(value: object) -> None
         b'{"inputs": [NaN, Infinity, -Infinity]}',
         b'{"inputs": [-0, -0.0, 1E-400, 1e308, 1' + b'0' * 300 + b'e-200]}',
         b'{"inputs": [18446744073709551615, 18446744073709551616, -9223372036854775809]}',
-        b'{"inputs": ["\\ud800"]}',  # an escaped lone surrogate
         b'{"inputs": [1]} x',
         b' \n\t\r{"inputs": [1]}\r\n ',
         b'{"inputs": [1,]}',
@@ -372,6 +371,69 @@ def test_special_documents_parse_as_with_the_stdlib_alone(body: bytes, monkeypat
     got = outcome()
     monkeypatch.setattr(_codec, "_loads", lambda b: json.loads(b.decode("utf-8")))
     assert got == outcome()
+
+
+def test_rapidjson_inf_tokens_are_accepted() -> None:
+    # TF Serving parses with kParseNanAndInfFlag: NaN, Inf and Infinity, each with an optional minus.
+    doc = _codec.parse_json(b'{"inputs": [Inf, -Inf, NaN, -NaN, Infinity, -Infinity, 1], "s": "Inf -Inf"}')
+    x = doc["inputs"]
+    assert x[0] == math.inf and x[1] == -math.inf and math.isnan(x[2]) and math.isnan(x[3])
+    assert x[4:] == [math.inf, -math.inf, 1] and doc["s"] == "Inf -Inf"  # strings are left alone
+    _, t = decode('{"inputs": [Inf, -Inf]}', x=F)
+    assert t["x"].tolist() == [math.inf, -math.inf]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # an error after a rewritten token is reported at its offset in the body as sent
+        (b'{"inputs": [Inf, -Inf, 1,]}', "Expecting value at offset: 25"),
+        (b'{"inputs": [-NaN, "Inf", 1e400]}', "Number too big to be stored in double. at offset: 25"),
+        # rapidjson reports byte offsets: a two-byte character before the error counts twice
+        ('{"\u00e9": [1,]}'.encode(), "Expecting value at offset: 10"),
+        ('{"\u00e9": [Inf, 1,]}'.encode(), "Expecting value at offset: 15"),
+    ],
+)
+def test_errors_near_inf_tokens_and_non_ascii_have_byte_offsets(body: bytes, message: str) -> None:
+    with pytest.raises(ServingError) as info:
+        _codec.parse_json(body)
+    assert info.value.message == f"JSON Parse error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("body", "offset"),
+    [
+        (rb'{"inputs": ["\ud800"]}', 13),  # a lone high surrogate
+        (rb'{"inputs": ["ab\udc00"]}', 15),  # a lone low surrogate
+        (rb'{"inputs": ["\ud800\u0041"]}', 13),  # a high one not followed by a low one
+        (rb'{"inputs": ["\ud800x\udc00"]}', 13),
+        (rb'{"inputs": ["\\\udbff"]}', 15),  # an escaped backslash, then the escape
+        (rb'{"inputs": [NaN, "\uDFFF"]}', 18),  # on the stdlib path (NaN) too
+        (rb'{"inputs": [1' + b"0" * 20 + rb', "\ud800"]}', 36),  # and on the long-integer path
+        (rb'{"inputs": ["\ud800", 1,]}', 13),  # rapidjson stops at the first of the two errors
+    ],
+)
+def test_lone_surrogate_escapes_are_refused_as_rapidjson_does(body: bytes, offset: int) -> None:
+    with pytest.raises(ServingError) as info:
+        _codec.parse_json(body)
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert info.value.message == f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}"
+
+
+def test_surrogates_are_accepted_only_as_whole_pairs() -> None:
+    assert _codec.parse_json(rb'{"a": "\ud83d\ude00", "b": [NaN]}')["a"] == "\U0001F600"
+    with pytest.raises(ServingError):  # the same high half alone
+        _codec.parse_json(rb'{"a": "\ud83d", "b": [NaN]}')
+    assert _codec.parse_json(rb'{"a": "\\ud800", "b": [NaN]}')["a"] == "\\ud800"  # text, not an escape
+    with pytest.raises(ServingError) as info:  # the syntax error comes first
+        _codec.parse_json(rb'{"a": [1,], "b": "\ud800"}')
+    assert info.value.message == "JSON Parse error: Expecting value at offset: 9"
+
+
+def test_error_bodies_are_always_valid_utf8() -> None:
+    body = _codec.encode_error("bad \ud800 name \udfff")
+    assert json.loads(body.decode("utf-8")) == {"error": "bad \ufffd name \ufffd"}
+    assert _codec.encode_json({"a": "\u00e9"}) == '{"a":"\u00e9"}'.encode()
 
 
 def test_an_integer_too_long_to_convert_is_a_400_not_a_crash() -> None:

@@ -6,6 +6,7 @@ is in ``test_rest_core.py``.
 
 from __future__ import annotations
 
+import gzip
 import http.client as httpc
 import json
 import math
@@ -346,17 +347,218 @@ def test_idle_and_trickling_connections_are_closed() -> None:
             assert idle.recv(1024) == b""  # closed by the server after ~0.3 s of idleness
             assert time.monotonic() - start < 4
         with socket.create_connection(("127.0.0.1", s.port), timeout=5) as slow:
-            slow.sendall(b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            slow.sendall(b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nX-")
             start = time.monotonic()
             try:
-                for _ in range(40):  # a byte every 0.1 s keeps the socket busy but the request never completes
+                for _ in range(40):  # a header byte every 0.1 s (slow-loris): the headers never complete
                     time.sleep(0.1)
-                    slow.sendall(b" ")
+                    slow.sendall(b"a")
                 pytest.fail("a trickling request was not cut off")
             except (BrokenPipeError, ConnectionResetError):
                 pass
             assert time.monotonic() - start < 4
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as stalled:
+            stalled.sendall(b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            start = time.monotonic()
+            assert stalled.recv(1024) == b""  # an upload with no byte for idle_timeout is closed
+            assert time.monotonic() - start < 4
         assert http(s.port, "GET", "/v1/health/live")[0] == 200
+
+
+def test_a_slow_but_steady_upload_is_not_cut_off() -> None:
+    """The idle timeout counts inactivity: a body that keeps arriving, for longer than the timeout in
+    all, is served (an 8 MB body at 90 KB/s takes longer than the default 75 s)."""
+    with ServerThread(FakeCore(), idle_timeout=0.3) as s:
+        body = b'{"instances": [1.0, 2.0]}'.ljust(60)
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as slow:
+            slow.sendall(b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n" % len(body))
+            start = time.monotonic()
+            for i in range(0, len(body), 5):  # 12 pieces 0.1 s apart: 1.2 s in all, 4 x the idle timeout
+                time.sleep(0.1)
+                slow.sendall(body[i:i + 5])
+            assert time.monotonic() - start > 1.0
+            data = b""
+            while chunk := slow.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b'{"predictions":[3.5,4.0]}')
+
+
+def test_keep_alive_survives_a_request_longer_than_the_idle_timeout() -> None:
+    """The idle timer restarts when the answer is sent, not when the request arrived: a client that
+    reuses the connection right after a slow answer is not cut off."""
+    core = FakeCore()
+    core.slow_seconds = 0.8
+    with ServerThread(core, idle_timeout=0.3, timeout_ms=5000) as s:
+        conn = httpc.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        try:
+            status, _, body = http(s.port, "POST", "/v1/models/slow:predict", b'{"instances": [2.0]}', conn=conn)
+            assert (status, body) == (200, b'{"predictions":[3.0]}')
+            first_sock = conn.sock
+            time.sleep(0.15)  # well within the idle timeout after the answer
+            assert http(s.port, "GET", "/v1/health/live", conn=conn)[0] == 200
+            assert conn.sock is first_sock  # http.client would reconnect silently after a close
+        finally:
+            conn.close()
+
+
+def _exchange(port: int, raw: bytes, *, until: bytes | None = None) -> bytes:
+    """Send ``raw`` and read until the server closes (or ``until`` has arrived)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw)
+        data = b""
+        while until is None or until not in data:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def _bodies(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each response in ``data`` (every response carries Content-Length)."""
+    out = []
+    while data:
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        out.append((int(head.split(b" ")[1]), rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def test_upgrade_header_is_ignored_and_served_as_http11(srv) -> None:
+    """``curl --http2 http://...`` sends ``Upgrade: h2c``: HTTP/1.1 lets a server ignore it, and TF
+    Serving's libevent does. No 101, no 400; bodies (by length or chunked) and keep-alive work."""
+    up = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    body = b'{"instances": [1.0]}'
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:])
+    raw = (b"GET /v1/models/half/versions/1 HTTP/1.1\r\nHost: x\r\n" + up + b"\r\n"
+           + b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\n" + up
+           + b"Content-Length: %d\r\n\r\n" % len(body) + body
+           + b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\n" + up
+           + b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+           + b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    # all at once (pipelined), then byte by byte (the body after the headers arrives separately)
+    for pieces in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            for p in pieces:
+                s.sendall(p)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 4 or not data.endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            s.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\n" + up + b"\r\n")  # still open
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        answers = _bodies(data)
+        assert [a[0] for a in answers] == [200, 200, 200, 200], data
+        assert json.loads(answers[0][1])["model_version_status"][0]["version"] == "1"
+        assert [a[1] for a in answers[1:]] == [b'{"predictions":[3.5]}'] * 3
+
+
+def test_gzip_request_bodies_are_inflated(srv) -> None:
+    doc = {"instances": [1.0, 2.0]}
+    packed = gzip.compress(json.dumps(doc).encode())
+    for coding in ("gzip", "x-gzip", "GZIP"):  # TF Serving: the header contains "gzip"
+        status, _, body = http(srv.port, "POST", "/v1/models/half:predict", packed, headers={"Content-Encoding": coding})
+        assert (status, body) == (200, b'{"predictions":[3.5,4.0]}'), coding
+    # concatenated gzip members are one gzip body; chunked transfer coding on top
+    raw = json.dumps(doc).encode()
+    two = gzip.compress(raw[:9]) + gzip.compress(raw[9:])
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (two[:10], two[10:])) + b"0\r\n\r\n"
+    data = _exchange(srv.port, b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks)
+    assert _bodies(data) == [(200, b'{"predictions":[3.5,4.0]}')]
+    # other codings are not decoded (as in TF Serving): the bytes are parsed as they are
+    status, _, body = http(srv.port, "POST", "/v1/models/half:predict", json.dumps(doc), headers={"Content-Encoding": "br"})
+    assert status == 200
+    # an empty gzip body is an empty document, as in TF Serving
+    assert j(srv, "POST", "/v1/models/half:predict", b"", headers={"Content-Encoding": "gzip"}) == (
+        400, {"error": "JSON Parse error: The document is empty"})
+
+
+def test_corrupt_gzip_body_is_400_and_keeps_the_connection(srv) -> None:
+    packed = gzip.compress(b'{"instances": [1.0]}')
+    message = {"error": "Failed to uncompress the gzipped request body (Content-Encoding: gzip): corrupt or truncated"}
+    conn = httpc.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        for bad in (b"not gzip at all", packed[:-6], packed[:12] + b"\xff" * 8 + packed[20:], packed + b"junk"):
+            status, _, body = http(srv.port, "POST", "/v1/models/half:predict", bad,
+                                   headers={"Content-Encoding": "gzip"}, conn=conn)
+            assert (status, json.loads(body)) == (400, message), bad
+        first_sock = conn.sock
+        status, _, body = http(srv.port, "POST", "/v1/models/half:predict", packed,
+                               headers={"Content-Encoding": "gzip"}, conn=conn)
+        assert (status, body) == (200, b'{"predictions":[3.5]}')
+        assert conn.sock is first_sock
+    finally:
+        conn.close()
+
+
+def test_gzip_bomb_stops_at_the_body_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    produced: list[int] = []
+    real = zlib.decompressobj
+
+    class Spy:  # records how much the server inflates
+        def __init__(self, *args: object) -> None:
+            self._d = real(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self._d.decompress(data, max_length)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Spy)
+    with ServerThread(FakeCore(), max_body_bytes=1 << 16) as s:
+        limit = s.server.max_body_bytes
+        at_limit = b'{"instances": [1.0]}'.ljust(limit)
+        status, _, _ = http(s.port, "POST", "/v1/models/half:predict", gzip.compress(at_limit),
+                            headers={"Content-Encoding": "gzip"})
+        assert status == 200  # the limit applies to the inflated size, and a body at the limit passes
+        bomb = gzip.compress(b" " * (200 * limit), compresslevel=9)  # ~13 MB inflated from ~13 KB
+        assert len(bomb) < limit
+        produced.clear()
+        data = _exchange(s.port, b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb)
+        assert data.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in data
+        assert json.loads(data.split(b"\r\n\r\n", 1)[1]) == {"error": f"Request body is larger than the limit of {limit} bytes"}
+        assert sum(produced) <= limit + 1  # inflating stopped one byte past the limit
+
+
+def test_a_refusal_is_answered_after_the_requests_before_it(srv) -> None:
+    """``GET ok`` then garbage in one packet: the GET gets its 200, then the 400, then the close."""
+    data = _exchange(srv.port, b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\nBOGUS\r\n\r\n")
+    assert _bodies(data) == [(200, b'{"status":"alive"}'), (400, b'{"error":"Malformed HTTP request"}')]
+    # behind a request still running, and for an oversize body announced after it
+    core = FakeCore()
+    core.slow_seconds = 0.3
+    with ServerThread(core, max_body_bytes=1000) as s:
+        body = b'{"instances": [2.0]}'
+        data = _exchange(s.port, b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                         b"POST /v1/models/half:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+                         % (len(body), body))
+        answers = _bodies(data)
+        assert [a[0] for a in answers] == [200, 413]
+        assert answers[0][1] == b'{"predictions":[3.0]}'
+        assert data.count(b"Connection: close") == 1
+
+
+def test_lone_surrogates_are_refused_and_no_body_holds_invalid_utf8(srv) -> None:
+    raw = b'{"signature_name": "nope\\ud800", "instances": [1.0]}'
+    status, _, body = http(srv.port, "POST", "/v1/models/half:predict", raw)
+    assert status == 400
+    assert json.loads(body.decode("utf-8")) == {
+        "error": "JSON Parse error: The surrogate pair in string is invalid. at offset: 24"}
+    status, _, body = http(srv.port, "POST", "/v1/models/half:predict", b'{"instances": [Inf, -Inf, -NaN]}')
+    assert (status, body) == (200, b'{"predictions":[Infinity,-Infinity,NaN]}')
 
 
 def test_head_and_http10(srv) -> None:

@@ -17,10 +17,15 @@ and ``-Infinity`` tokens, lone surrogates, malformed JSON) or one with an intege
 (orjson would read it as a float) goes to the stdlib's C scanner, which accepts the tokens and words the
 errors; a number literal beyond the double range (``1e400``) is refused there with rapidjson's
 "Number too big to be stored in double." and its offset, as TF Serving does, rather than read as
-Infinity. Each numeric tensor is converted in a few numpy passes over
-the nested lists (an object array, the set of its leaf types, one cast). Only when that fast path
-cannot prove the value well-formed (ragged lists, wrong leaf types, out-of-range values) or the tensor
-holds strings does a per-leaf walk run, which also produces TF Serving's exact error message. Measured
+Infinity. rapidjson's other tokens (``Inf``, ``-Inf``, ``-NaN``: kParseNanAndInfFlag) are rewritten for
+the stdlib only when it stops at one, and a ``\\u`` escape of a lone surrogate, which the stdlib
+accepts, is refused with rapidjson's "The surrogate pair in string is invalid." (checked only on the
+stdlib path: orjson refuses them itself). Error offsets are byte offsets, as rapidjson's. Response
+bodies are always valid UTF-8 (a lone surrogate from elsewhere is written as U+FFFD).
+Each numeric tensor is converted in a few numpy passes over the nested lists (an object array, the
+set of its leaf types, one cast). Only when that fast path cannot prove the value well-formed (ragged
+lists, wrong leaf types, out-of-range values) or the tensor holds strings does a per-leaf walk run,
+which also produces TF Serving's exact error message. Measured
 here: a 1x224x224x3 float request (3.2 MB of JSON) parses in ~0.1 s, almost all of it in the JSON
 scanner.
 Floats are written in their shortest round-trip form for their own precision (a float32 ``0.2`` is
@@ -158,9 +163,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         doc = _loads(body)
     except json.JSONDecodeError as exc:
-        raise _bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+        raise _bad(f"JSON Parse error: {exc.msg} at offset: {_byte_offset(exc.doc, exc.pos)}") from None
     except UnicodeDecodeError as exc:  # before ValueError, of which it is a subclass
         raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+    except _BadSurrogate as exc:
+        raise _bad("JSON Parse error: The surrogate pair in string is invalid. at offset: "
+                   f"{exc.offset}") from None
     except _NumberTooBig:
         raise _bad(f"JSON Parse error: Number too big to be stored in double. at offset: "
                    f"{_too_big_offset(body)}") from None
@@ -205,9 +213,105 @@ def _loads(body: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # NaN/Infinity, a lone surrogate or an error: the stdlib accepts or words it
     text = body.decode("utf-8")  # UTF-8 only, as TF Serving (rapidjson)
-    if not _may_overflow_double(body):
-        return json.loads(text)
+    escapes = b"\\u" in body  # (C-speed) only then can a lone surrogate be escaped
+    try:
+        doc = _stdlib_loads(text, body)
+    except json.JSONDecodeError as exc:
+        # rapidjson stops at whichever comes first: the syntax error or a lone surrogate before it
+        bad = _lone_surrogate(body) if escapes else None
+        if bad is not None and bad < _byte_offset(text, exc.pos):
+            raise _BadSurrogate(bad) from None
+        raise
+    if escapes:
+        bad = _lone_surrogate(body)
+        if bad is not None:
+            raise _BadSurrogate(bad)
+    return doc
+
+
+def _stdlib_loads(text: str, body: bytes) -> Any:
+    loads = json.loads
+    if _may_overflow_double(body):
+        loads = _checked_loads
+    try:
+        return loads(text)
+    except json.JSONDecodeError as exc:
+        if not _RJ_ONLY_TOKEN.match(text, exc.pos):
+            raise
+    # rapidjson's Inf / -Inf / -NaN, which the stdlib does not know: rewrite them as its tokens, and
+    # report any later error at its offset in the original text.
+    shifts: list[tuple[int, int]] = []  # (end of a rewritten token in the new text, growth up to there)
+    growth = 0
+
+    def swap(m: re.Match[str]) -> str:
+        nonlocal growth
+        token = m.group()
+        if token[0] == '"':
+            return token
+        new = _RJ_TOKENS[token]
+        if len(new) != len(token):
+            growth += len(new) - len(token)
+            shifts.append((m.end() + growth, growth))
+        return new
+
+    try:
+        return loads(_RJ_TOKEN.sub(swap, text))
+    except json.JSONDecodeError as exc:
+        grown = 0
+        for end, total in shifts:
+            if end > exc.pos:
+                break
+            grown = total
+        raise json.JSONDecodeError(exc.msg, text, max(exc.pos - grown, 0)) from None
+
+
+def _checked_loads(text: str) -> Any:
     return json.loads(text, parse_float=_finite_float, parse_int=_double_sized_int)
+
+
+# kParseNanAndInfFlag: rapidjson reads NaN, Inf and Infinity, each with an optional minus; the stdlib
+# only NaN, Infinity and -Infinity. Strings are matched (and kept) so that their text is left alone.
+_RJ_TOKENS = {"Inf": "Infinity", "-Inf": "-Infinity", "-NaN": "NaN", "Infinity": "Infinity",
+              "-Infinity": "-Infinity"}
+_RJ_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?Inf(?:inity)?|-NaN')
+_RJ_ONLY_TOKEN = re.compile(r"-?Inf|-NaN")
+
+
+def _byte_offset(text: str, pos: int) -> int:
+    """The UTF-8 byte offset of character ``pos`` of ``text`` (rapidjson reports byte offsets)."""
+    return pos if text.isascii() else len(text[:pos].encode("utf-8", "surrogatepass"))
+
+
+class _BadSurrogate(ValueError):
+    """A ``\\u`` escape of a lone surrogate: rapidjson's kParseErrorStringUnicodeSurrogateInvalid."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LOW_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    """Byte offset of the first ``\\u`` escape of a surrogate that is not the high half of a pair
+    followed at once by the low half (where rapidjson stops), or ``None``."""
+    paired_low = -1
+    for m in _SURROGATE_ESCAPE.finditer(body):
+        i = m.start()
+        if i == paired_low:
+            continue
+        j = i
+        while j and body[j - 1] == 0x5C:
+            j -= 1
+        if (i - j) % 2:
+            continue  # an escaped backslash followed by the text "ud800..."
+        if body[i + 3] in b"89abAB" and _LOW_SURROGATE_ESCAPE.match(body, i + 6):
+            paired_low = i + 6  # a high surrogate with its low half right after
+            continue
+        return i
+    return None
 
 
 _DIGIT_TO_D_E = bytes.maketrans(b"0123456789E", b"d" * 10 + b"e")
@@ -589,8 +693,15 @@ _ENCODER = json.JSONEncoder(allow_nan=True, separators=(",", ":"), ensure_ascii=
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact JSON with the ``NaN``/``Infinity`` tokens TF Serving emits."""
-    return _ENCODER.encode(obj).encode("utf-8", "surrogatepass")
+    """Compact JSON with the ``NaN``/``Infinity`` tokens TF Serving emits; always valid UTF-8."""
+    text = _ENCODER.encode(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from a model's output, say): U+FFFD in its place
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _SMALL = 256

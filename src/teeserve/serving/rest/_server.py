@@ -13,9 +13,16 @@ HTTP behaviour:
   refused with **413** as soon as that is known (from ``Content-Length`` before any body byte is read,
   or once the chunks pass the limit), and the connection is closed; nothing beyond the limit is
   buffered. ``Expect: 100-continue`` is answered, so ``curl`` sends large bodies without a pause.
+- ``Content-Encoding: gzip`` bodies are inflated as they arrive, as TF Serving's net_http does; the
+  limit applies to the inflated size (a zip bomb stops at the limit with 413); a corrupt or truncated
+  gzip body is 400. Other codings are passed on as they are.
+- ``Upgrade`` (``curl --http2`` sends ``Upgrade: h2c``) is ignored, as HTTP/1.1 allows and TF Serving's
+  libevent server does: the request is served as plain HTTP/1.1, never 101.
 - A request line + headers longer than ``max_header_bytes`` get 431; unparseable HTTP gets 400; both
-  close the connection. A keep-alive connection idle for ``idle_timeout`` seconds, or a request that
-  has not fully arrived after that long (slow-loris), is closed.
+  close the connection, after the answers to the requests before them. A keep-alive connection idle
+  for ``idle_timeout`` seconds, a request whose headers have not all arrived after that long
+  (slow-loris), or a body upload that stalls that long, is closed; a body that keeps arriving, however
+  slowly, is not cut off (``--rest_api_timeout_in_ms`` bounds only the model's work).
 - TLS: with ``ssl_context`` the server speaks only HTTPS; a context with ``verify_mode =
   CERT_REQUIRED`` (``ssl.cfg`` ``client_verify: true``) refuses any client without a certificate
   signed by the configured CA during the handshake (TF Serving leaves REST in plaintext; teeserve
@@ -31,6 +38,7 @@ import logging
 import os
 import ssl
 import time
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -54,12 +62,16 @@ log = logging.getLogger("teeserve.serving.rest")
 
 #: Largest request body accepted by default (64 MiB); TF Serving has no limit of its own.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-#: Idle keep-alive connections (and requests still arriving) are closed after this many seconds.
+#: Idle keep-alive connections, headers still arriving and stalled uploads are closed after this many
+#: seconds.
 DEFAULT_IDLE_TIMEOUT = 75.0
 #: Largest request line + headers accepted.
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 # Pause reading from a connection when this many parsed requests wait for their turn.
 _MAX_PIPELINE = 16
+# zlib window bits for a gzip wrapper (16 + the largest window).
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_BAD_GZIP = "Failed to uncompress the gzipped request body (Content-Encoding: gzip): corrupt or truncated"
 
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
@@ -70,14 +82,17 @@ _REASONS = {
 
 
 class _Request:
-    __slots__ = ("method", "path", "body", "keep_alive", "http10")
+    __slots__ = ("method", "path", "body", "keep_alive", "http10", "response")
 
-    def __init__(self, method: str, path: str, body: bytes, keep_alive: bool, http10: bool) -> None:
+    def __init__(self, method: str, path: str, body: bytes, keep_alive: bool, http10: bool,
+                 response: Response | None = None) -> None:
         self.method = method
         self.path = path
         self.body = body
         self.keep_alive = keep_alive
         self.http10 = http10
+        #: An answer decided while parsing (a refusal, a corrupt gzip body): sent in turn, not handled.
+        self.response = response
 
 
 class _Refuse(Exception):
@@ -98,10 +113,14 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[_Request] = deque()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
+        # Parsing stopped for good (a refusal is queued behind the answers still owed).
+        self.refused = False
         self.busy = False
         self.last_active = time.monotonic()
         self.in_message = False
         self.message_started = 0.0
+        # A request that asked for an Upgrade and has a body: llhttp skipped that body (_after_upgrade).
+        self.upgrade_req: _Request | None = None
         self.paused = False
         self.closing_after_queue = False
         self.write_ok = asyncio.Event()
@@ -113,6 +132,11 @@ class _Connection(asyncio.Protocol):
         self.header_bytes = 0
         self.content_length = -1
         self.expect_continue = False
+        self.chunked = False
+        self.gzip = False
+        self.inflater: Any = None
+        self.body_error: Response | None = None
+        self.headers_done = False
         self.body_parts: list[bytes] = []
         self.body_size = 0
 
@@ -136,20 +160,51 @@ class _Connection(asyncio.Protocol):
         self.write_ok.set()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.refused:
             return
+        # Any bytes count as activity: a slow but steady upload is not idle (expired()).
         self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except _Refuse as refuse:
             self._refuse(refuse.response)
-        except httptools.HttpParserUpgrade:
-            self._refuse(error_response(Code.INVALID_ARGUMENT, "Protocol upgrades are not supported"))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data, upgrade.args[0])
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Refuse):
                 self._refuse(exc.__context__.response)
             else:
                 self._refuse(error_response(Code.INVALID_ARGUMENT, "Malformed HTTP request"))
+
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stopped after a request with ``Upgrade`` (or ``CONNECT``) as if the rest of the stream
+        were another protocol. HTTP/1.1 lets a server ignore Upgrade, and TF Serving's libevent does:
+        carry on parsing HTTP/1.1. llhttp skipped the request's body, so when one was announced it is
+        framed by a made-up message that on_message_complete joins to the saved request."""
+        while True:
+            self.parser = httptools.HttpRequestParser(self)  # the old one is left in its upgrade state
+            req = self.upgrade_req
+            rest = data[offset:]
+            try:
+                if req is not None:
+                    framing = (b"Transfer-Encoding: chunked\r\n" if self.chunked
+                               else b"Content-Length: %d\r\n" % self.content_length)
+                    coding = b"Content-Encoding: gzip\r\n" if self.gzip else b""
+                    self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + coding + b"\r\n")
+                if rest:
+                    self.parser.feed_data(rest)
+                return
+            except httptools.HttpParserUpgrade as upgrade:  # another one, pipelined in the same data
+                data, offset = rest, upgrade.args[0]
+            except _Refuse as refuse:
+                self._refuse(refuse.response)
+                return
+            except httptools.HttpParserError as exc:
+                if isinstance(exc.__context__, _Refuse):
+                    self._refuse(exc.__context__.response)
+                else:
+                    self._refuse(error_response(Code.INVALID_ARGUMENT, "Malformed HTTP request"))
+                return
 
     def eof_received(self) -> bool | None:
         # Half-closed by the client: finish what is queued, then close.
@@ -185,29 +240,73 @@ class _Connection(asyncio.Protocol):
                 raise _Refuse(error_response(Code.INVALID_ARGUMENT, "Malformed HTTP request")) from None
         elif lname == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
+        elif lname == b"content-encoding":
+            # TF Serving inflates when the header contains "gzip" (net_http's auto_uncompress_input).
+            self.gzip = b"gzip" in value.lower()
+        elif lname == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()  # needed only to frame an Upgrade request's body
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         if self.content_length > self.server.max_body_bytes:
             raise _Refuse(self._too_large())
         if self.expect_continue and self.transport is not None and self.parser.get_http_version() == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self.gzip:
+            self._inflate(body)
+            return
         self.body_size += len(body)
         if self.body_size > self.server.max_body_bytes:
             raise _Refuse(self._too_large())
         self.body_parts.append(body)
 
-    def on_message_complete(self) -> None:
+    def _inflate(self, data: bytes) -> None:
+        """Inflate a gzip body as it arrives, never more than the body limit plus one byte per call."""
+        if self.body_error is not None:
+            return  # already known to be corrupt: the rest is skipped
+        limit = self.server.max_body_bytes
+        d = self.inflater
         try:
-            path = httptools.parse_url(self.url).path.decode("latin-1")
-        except httptools.HttpParserInvalidURLError:
-            raise _Refuse(error_response(Code.INVALID_ARGUMENT, "Malformed request URL")) from None
+            while data:
+                if d is None or d.eof:  # the first gzip member, or the next of concatenated ones
+                    d = self.inflater = zlib.decompressobj(_GZIP_WBITS)
+                out = d.decompress(data, limit - self.body_size + 1)
+                if out:
+                    self.body_size += len(out)
+                    if self.body_size > limit:
+                        raise _Refuse(self._too_large())
+                    self.body_parts.append(out)
+                # Input is left over only after the end of a member (running out of room refused above).
+                data = d.unused_data if d.eof else b""
+        except zlib.error:
+            self.body_error = error_response(Code.INVALID_ARGUMENT, _BAD_GZIP)
+            self.body_parts = []
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
         parts = self.body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        parser = self.parser
-        req = _Request(parser.get_method().decode("latin-1"), path, body, parser.should_keep_alive(),
-                       parser.get_http_version() == "1.0")
+        if self.upgrade_req is not None:  # the made-up message that framed an Upgrade request's body
+            req, self.upgrade_req = self.upgrade_req, None
+            req.body = body
+        else:
+            try:
+                path = httptools.parse_url(self.url).path.decode("latin-1")
+            except httptools.HttpParserInvalidURLError:
+                raise _Refuse(error_response(Code.INVALID_ARGUMENT, "Malformed request URL")) from None
+            req = _Request(parser.get_method().decode("latin-1"), path, body, parser.should_keep_alive(),
+                           parser.get_http_version() == "1.0")
+            if not parts and (self.content_length > 0 or self.chunked) and parser.should_upgrade():
+                # llhttp skipped the body of this Upgrade request: _after_upgrade frames it next.
+                self.upgrade_req = req
+                return
+        if self.gzip and self.body_error is None and self.inflater is not None and not self.inflater.eof:
+            self.body_error = error_response(Code.INVALID_ARGUMENT, _BAD_GZIP)  # truncated
+        if self.body_error is not None:
+            req.response = self.body_error
+            req.body = b""
         self._reset()
         self.in_message = False
         self.pending.append(req)
@@ -230,16 +329,18 @@ class _Connection(asyncio.Protocol):
                 if self.paused and self.transport is not None and len(self.pending) < _MAX_PIPELINE // 2:
                     self.paused = False
                     self.transport.resume_reading()
-                self.busy = True
-                try:
-                    response = await self.server.handler.handle(req.method, req.path, req.body)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # the handler maps errors itself; this is the last safety net
-                    log.exception("internal error serving %s %s", req.method, req.path[:200])
-                    response = error_response(Code.INTERNAL, "Internal error")
-                finally:
-                    self.busy = False
+                response = req.response
+                if response is None:
+                    self.busy = True
+                    try:
+                        response = await self.server.handler.handle(req.method, req.path, req.body)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # the handler maps errors itself; this is the last safety net
+                        log.exception("internal error serving %s %s", req.method, req.path[:200])
+                        response = error_response(Code.INTERNAL, "Internal error")
+                    finally:
+                        self.busy = False
                 keep_alive = req.keep_alive and not self.server.closing
                 if self.closing_after_queue and not self.pending:
                     keep_alive = False
@@ -257,6 +358,9 @@ class _Connection(asyncio.Protocol):
     def _send(self, response: Response, keep_alive: bool, *, head: bool = False, http10: bool = False) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        # The idle timer restarts with each answer: a request that ran longer than idle_timeout must not
+        # get its keep-alive connection closed under the client's next request (expired()).
+        self.last_active = time.monotonic()
         status = response.status
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
@@ -281,10 +385,15 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((head_bytes, response.body))
 
     def _refuse(self, response: Response) -> None:
-        self.closing = True
-        self.pending.clear()
-        self._send(response, keep_alive=False)
-        self._close()
+        """Stop parsing and answer ``response``, then close; requests parsed before it (pipelined) get
+        their answers first."""
+        self.refused = True
+        if self.worker is None and not self.pending:
+            self.closing = True
+            self._send(response, keep_alive=False)
+            self._close()
+            return
+        self.pending.append(_Request("", "", b"", False, False, response))
 
     def _close(self) -> None:
         self.closing = True
@@ -292,10 +401,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def expired(self, now: float, idle_timeout: float) -> bool:
-        """Idle for too long between requests, or a request that has been arriving for too long."""
+        """Idle for too long between requests, headers arriving for too long (slow-loris), or an upload
+        with no byte for too long. A body still arriving is not cut off however long it takes."""
         if self.worker is not None or self.pending:
             return False
-        if self.in_message:
+        if self.in_message and not self.headers_done:
             return now - self.message_started > idle_timeout
         return now - self.last_active > idle_timeout
 
