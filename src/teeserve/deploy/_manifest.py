@@ -184,7 +184,8 @@ class ManifestSpec:
 _SPEC_FLAGS = {
     "--model_name": "--model-name", "--model_base_path": "--model-dir", "--port": "--port",
     "--rest_api_port": "--rest-port", "--host": "the listen address", "--ssl_config_file": "--ssl-config",
-    "--require-encrypted": "--mode in-process sets it", "--model_config_file": "--model-dir",
+    "--require-encrypted": "--mode in-process sets it",
+    "--model_config_file": "--model-name and --model-dir, which a config file would replace",
 }
 
 
