@@ -268,6 +268,37 @@ def test_an_unwritable_cache_folder_still_serves_the_fetched_set(pccs: RunningPc
     assert src.get(q, now=SGX["now_secs"] + 1).fmspc == "00606A000000" and src.fetches == 1  # from memory
 
 
+def test_an_oversize_pccs_answer_is_refused_not_read_whole(pccs: RunningPccs) -> None:
+    from teeserve.attest._pccs import MAX_RESPONSE_BYTES
+
+    q = parse_quote(quote_of(SGX))
+    client = PccsClient(pccs.url, ca_file=pccs.ca_file)
+    pccs.state.tcb_padding = MAX_RESPONSE_BYTES  # the document plus this is over the cap
+    with pytest.raises(CollateralInvalid, match=f"TCB info: response from .* is over {MAX_RESPONSE_BYTES} bytes"):
+        client.fetch(q.tee, q.fmspc, q.pck_ca)
+    pccs.state.tcb_padding = 1000  # whitespace within the cap is still fine
+    assert client.fetch(q.tee, q.fmspc, q.pck_ca).fmspc == q.fmspc
+
+
+def test_the_intel_pcs_root_crl_fetch_leaves_the_base_url_alone(pccs: RunningPccs) -> None:
+    """The root CRL of Intel's PCS is fetched from an absolute URL; that fetch used to blank the
+    client's shared base URL meanwhile, so a fetch for another platform at the same moment built a
+    relative URL and failed with an uncaught ValueError."""
+    client = PccsClient(pccs.url, ca_file=pccs.ca_file)
+    seen = []
+    real = client._get_url
+
+    def spy(url: str, what: str) -> Any:
+        seen.append(client.base_url)
+        return real(url, what)
+
+    client._get_url = spy  # type: ignore[method-assign]
+    client._get_absolute(f"{pccs.url}/sgx/certification/v4/rootcacrl")
+    assert seen == [pccs.url]
+    with pytest.raises(CollateralUnavailable, match="unknown url type"):  # a bad URL is ours, not a crash
+        client._get_url("not-a-url", "root CA CRL")
+
+
 def test_corrupt_cache_file_is_refetched(pccs: RunningPccs, tmp_path: Path) -> None:
     q = parse_quote(quote_of(SGX))
     (tmp_path / "sgx-00606A000000-platform.json").write_text("{garbage")

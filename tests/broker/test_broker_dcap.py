@@ -190,3 +190,19 @@ def test_a_real_td_released_or_denied_by_its_xfam_and_the_audit_record_shows_it(
     record = denied.audit_record("127.0.0.1:1")
     assert record.measurements["xfam"] == f"0x{b.xfam:016x}" == "0x00000000000602e7"
     assert "0x0000000000000003" in denied.reason
+
+
+def test_the_broker_does_not_serialize_collateral_lookups_behind_one_lock(tmp_path: Path) -> None:
+    """The caching source locks per platform; one lock for all let a quote with a made-up FMSPC (not
+    yet verified) hold up every other attestation while its fetch ran."""
+    from teeserve.attest import CachingCollateralSource
+    from teeserve.broker import KeyBroker
+
+    class Fetcher:
+        def fetch(self, tee: str, fmspc: str, ca: str) -> Any:
+            raise AssertionError("not called")
+
+    source = CachingCollateralSource(Fetcher(), None)
+    broker = KeyBroker(object(), collateral=source, audit=None)  # type: ignore[arg-type]  # (only stored)
+    assert broker.collateral is source
+

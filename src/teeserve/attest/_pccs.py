@@ -17,6 +17,7 @@ timeout to every attestation.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -50,6 +51,10 @@ class CollateralFetcher(Protocol):
 
     def fetch(self, tee: str, fmspc: str, ca: str) -> Collateral: ...
 
+
+#: Largest PCCS response read (collateral documents and CRLs are kilobytes; a hostile or broken
+#: server must not fill the broker's memory).
+MAX_RESPONSE_BYTES = 4 << 20
 
 def raw_json_member(body: str, key: str) -> str:
     """The exact text of top-level member ``key`` of the JSON object ``body`` (for signed members).
@@ -124,16 +129,23 @@ class PccsClient:
         self._is_intel_pcs = parsed.hostname == "api.trustedservices.intel.com"
 
     def _get(self, path: str, what: str) -> tuple[bytes, dict[str, str]]:
-        url = self.base_url + path
-        req = urllib.request.Request(url, headers={"Accept": "*/*", "User-Agent": "teeserve"})
+        return self._get_url(self.base_url + path, what)
+
+    def _get_url(self, url: str, what: str) -> tuple[bytes, dict[str, str]]:
+        """GET ``url`` (absolute): the body, at most ``MAX_RESPONSE_BYTES``, and the headers."""
         try:
+            req = urllib.request.Request(url, headers={"Accept": "*/*", "User-Agent": "teeserve"})
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
-                return resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+                body = resp.read(MAX_RESPONSE_BYTES + 1)
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise CollateralInvalid(f"PCCS {what}: response from {url} is over "
+                                            f"{MAX_RESPONSE_BYTES} bytes")
+                return body, {k.lower(): v for k, v in resp.headers.items()}
         except urllib.error.HTTPError as exc:
             raise CollateralUnavailable(f"PCCS {what}: HTTP {exc.code} from {url}") from exc
         except urllib.error.URLError as exc:
             raise CollateralUnavailable(f"PCCS {what}: cannot reach {url}: {exc.reason}") from exc
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
             raise CollateralUnavailable(f"PCCS {what}: {url}: {exc}") from exc
 
     @staticmethod
@@ -202,12 +214,8 @@ class PccsClient:
         return Collateral.from_json(json.dumps(doc), source=f"{self.base_url} ({tee} {fmspc} {ca})")
 
     def _get_absolute(self, url: str) -> tuple[bytes, dict[str, str]]:
-        saved = self.base_url
-        try:
-            self.base_url = ""
-            return self._get(url, "root CA CRL")
-        finally:
-            self.base_url = saved
+        # (no shared state touched: fetches for other platforms may run at the same time)
+        return self._get_url(url, "root CA CRL")
 
 
 @dataclass

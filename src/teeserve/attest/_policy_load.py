@@ -265,7 +265,8 @@ def parse_ra_config(doc: Any, *, source: str = "ra_config.json") -> list[SgxIden
 
     ``verify_*`` must be exactly "on" or "off" (a prefix such as "o" is an error); every field whose
     check is "on" must be present in each ``mrs`` entry; ``isv_svn`` becomes a **minimum**. A config
-    that checks neither MRENCLAVE nor MRSIGNER is refused (it would admit any enclave).
+    that checks neither MRENCLAVE nor MRSIGNER is refused (it would admit any enclave), and so is one
+    that checks MRSIGNER without MRENCLAVE, ISV_PROD_ID and ISV_SVN (every enclave of that signer).
 
     Raises:
         PolicyInvalid: naming ``source`` and the key.
@@ -285,6 +286,12 @@ def parse_ra_config(doc: Any, *, source: str = "ra_config.json") -> list[SgxIden
         else:
             which = "every check is off"
         raise ctx.fail("", f"{which}: this would admit any enclave, refused")
+    if not on["mr_enclave"] and not (on["isv_prod_id"] and on["isv_svn"]):
+        # As in a TOML policy (_NEEDS): a signer alone admits every product and every version of it,
+        # old vulnerable ones included.
+        raise ctx.fail("", "verify_mr_signer without verify_mr_enclave needs verify_isv_prod_id and "
+                           "verify_isv_svn on too: a signer alone would admit every enclave it ever signed, "
+                           "at any version")
     mrs = t["mrs"]
     if not isinstance(mrs, list) or not mrs:
         raise ctx.fail("mrs", "must be a non-empty list of measurement entries")

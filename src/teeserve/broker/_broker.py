@@ -48,7 +48,11 @@ MAX_NAMED_REQUESTS = 32
 
 
 class LockedCollateralSource:
-    """Serializes ``get`` on a collateral source (the caching source refreshes and writes files)."""
+    """Serializes ``get`` on a collateral source that is not safe to call from several threads.
+
+    The broker no longer wraps its sources in one: :class:`~teeserve.attest.CachingCollateralSource`
+    locks per platform itself, and one lock for all let a client with a made-up FMSPC (a quote not yet
+    verified) stall every other attestation while its fetch ran."""
 
     def __init__(self, source: CollateralSource) -> None:
         self.source = source
@@ -99,7 +103,8 @@ class KeyBroker:
         max_named_requests: int = MAX_NAMED_REQUESTS,
     ) -> None:
         self.policy = policy
-        self.collateral = LockedCollateralSource(collateral) if collateral is not None else None
+        # Called from several sessions' threads at once: the caching source locks per platform.
+        self.collateral = collateral
         self.audit = audit
         self.rate_limiter = rate_limiter
         self.metrics = metrics
