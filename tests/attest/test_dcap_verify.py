@@ -22,7 +22,7 @@ from teeserve.attest import (
     verify_evidence,
 )
 
-from _attest_helpers import VECTORS, collateral_path, entry, iso, manifest, quote_of
+from _attest_helpers import VECTORS, collateral_path, entry, expected_error, iso, manifest, quote_of
 
 MANIFEST = manifest()
 
@@ -51,8 +51,8 @@ def test_manifest_vector(e: dict) -> None:
     else:
         with pytest.raises(QuoteVerificationFailed) as info:
             verify_evidence(raw, collateral=source, now=e["now_secs"])
-        assert exp["error_substring"] in info.value.reason
-        assert exp["error_substring"] in str(info.value)
+        assert expected_error(e) in info.value.reason
+        assert expected_error(e) in str(info.value)
 
 
 def _valid(vector_id: str = "automata-sgx-v3-platform") -> tuple[bytes, Collateral, int]:
@@ -221,3 +221,52 @@ def test_verified_quote_string_names_status_and_measurement() -> None:
     text = str(v)
     assert "SWHardeningNeeded" in text and "INTEL-SA-00615" in text and v.quote.body.mr_enclave.hex() in text
     assert "SIMULATED" not in text and "SIMULATED" not in repr(v)
+
+
+def test_a_pck_chain_not_ending_at_intels_root_is_refused_before_any_collateral_lookup() -> None:
+    """The FMSPC that picks the collateral comes from the PCK certificate: a chain that is not Intel's
+    (here the synthetic vector's test root) is refused first, so a made-up FMSPC costs no PCCS fetch."""
+    e = entry("intel-qvl-tdx-synthetic-test-root")
+
+    class Recording:
+        calls = 0
+
+        def get(self, quote: object, *, now: int) -> Collateral:
+            Recording.calls += 1
+            raise AssertionError("no collateral lookup for a chain that is not Intel's")
+
+    with pytest.raises(QuoteVerificationFailed, match="PCK certificate chain: no PEM certificates"):
+        verify_evidence(quote_of(e), collateral=Recording(), now=e["now_secs"])
+    assert Recording.calls == 0
+
+
+def test_check_pck_chain_links() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from teeserve.attest._pck_chain import check_pck_chain
+
+    chain = parse_quote(quote_of(entry("automata-sgx-v3-platform"))).signature_data.pck_chain_pem()
+    assert chain
+    check_pck_chain(chain)  # Intel's: passes
+    certs = x509.load_pem_x509_certificates(chain)
+    pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
+    with pytest.raises(QuoteVerificationFailed, match="is not signed by"):
+        check_pck_chain(pem[0] + pem[0] + pem[2])  # the leaf where its CA should be
+    with pytest.raises(QuoteVerificationFailed, match="expected the PCK leaf, its CA and the root"):
+        check_pck_chain(pem[2])
+    # The synthetic vector's chain (DER in the quote, test 'Intel SGX Root CA' key), as PEM: signed link
+    # by link, but up to another key than Intel's.
+    der = parse_quote(quote_of(entry("intel-qvl-tdx-synthetic-test-root"))).signature_data.pck_chain_pem()
+    assert der
+    test_chain, rest = [], bytes(der)
+    while rest[:1] == b"\x30":
+        size = 4 + int.from_bytes(rest[2:4], "big")  # 30 82 LL LL
+        test_chain.append(x509.load_der_x509_certificate(rest[:size]).public_bytes(serialization.Encoding.PEM))
+        rest = rest[size:]
+    assert len(test_chain) == 3
+    with pytest.raises(QuoteVerificationFailed, match="does not end at the Intel SGX Root CA"):
+        check_pck_chain(b"".join(test_chain))
+    with pytest.raises(QuoteVerificationFailed, match="not readable PEM"):
+        check_pck_chain(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+

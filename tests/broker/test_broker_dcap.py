@@ -20,6 +20,13 @@ from teeserve.broker import LockedCollateralSource, decide_quote
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "dcap"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
+#: A PCK chain that is not a PEM chain up to Intel's root is refused before collateral is looked up, with
+#: teeserve's own reason (tests/attest/_attest_helpers.py OWN_REASON), not the manifest's later one.
+OWN_REASON = {"intel-qvl-tdx-synthetic-test-root": "PCK certificate chain: no PEM certificates"}
+
+
+def expected_error(e: dict[str, Any]) -> str:
+    return OWN_REASON.get(e["id"], e["expected"].get("error_substring", ""))
 ALL_STATUSES = '["UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", ' \
                '"OutOfDate", "OutOfDateConfigurationNeeded"]'  # fmt: skip
 
@@ -63,7 +70,7 @@ def test_every_vector_gives_the_manifest_result_through_the_broker(tmp_path: Pat
         assert d.verified is not None and not d.simulated
     else:
         assert not d.released and d.category in ("quote", "collateral")
-        assert exp["error_substring"] in d.reason
+        assert expected_error(e) in d.reason
 
 
 SGX = "automata-sgx-v3-platform"  # SWHardeningNeeded, INTEL-SA-00615, ISV_PROD_ID 0, ISV_SVN 0

@@ -15,6 +15,7 @@ from . import sim
 from ._collateral import CollateralSource
 from ._dcap import verify_dcap
 from ._errors import CollateralUnavailable, SimulationNotAllowed
+from ._pck_chain import check_pck_chain
 from ._quote import parse_quote
 from ._verified import VerifiedQuote
 
@@ -51,4 +52,7 @@ def verify_evidence(
     quote = parse_quote(raw_quote)
     if collateral is None:
         raise CollateralUnavailable("no collateral source configured (use a collateral file or a PCCS)")
+    chain = quote.signature_data.pck_chain_pem()
+    if chain:  # before the collateral lookup: its FMSPC comes from this chain (attest/_pck_chain.py)
+        check_pck_chain(chain)
     return verify_dcap(quote.raw, collateral.get(quote, now=now), now=now, quote=quote)
