@@ -249,3 +249,41 @@ def test_a_warmup_stops_between_runs_when_the_server_stops(onnx_model_dir: Path)
     assert servable.runs == 5
     servable.runs = 0
     assert run_warmup(servable, data, "warmup", 4, should_stop=lambda: False) == 3 and servable.runs == 12
+
+
+def _zipmap_model(with_tensor_output: bool) -> bytes:
+    """X [N,2] -> Z = ZipMap(X) (a sequence of maps, as skl2onnx classifiers give), and optionally
+    Y = Identity(X)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 2])
+    z = helper.make_value_info("Z", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
+    nodes = [helper.make_node("ZipMap", ["X"], ["Z"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])]
+    outputs = [z]
+    if with_tensor_output:
+        nodes.append(helper.make_node("Identity", ["X"], ["Y"]))
+        outputs.append(helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 2]))
+    graph = helper.make_graph(nodes, "zipmap", [x], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_onnx_outputs_that_are_not_tensors_are_left_out_of_the_signature(tmp_path: Path, caplog: Any) -> None:
+    """A sequence/map output has no TensorProto form: it used to come back as Python repr text in a
+    DT_STRING tensor (and as INTERNAL with batching)."""
+    (tmp_path / "model.onnx").write_bytes(_zipmap_model(with_tensor_output=True))
+    servable = load_servable(ModelFiles(tmp_path, KeyRing()), ServingOptions())
+    sig = servable.signatures["serving_default"]
+    assert list(sig.outputs) == ["Y"] and list(sig.inputs) == ["X"]
+    assert "left out of the signature: Z (seq(map(int64,tensor(float))))" in caplog.text
+    x = np.array([[0.25, 0.75]], dtype=np.float32)
+    np.testing.assert_array_equal(servable.run("serving_default", {"X": x}, ["Y"])["Y"], x)
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "model.onnx").write_bytes(_zipmap_model(with_tensor_output=False))
+    with pytest.raises(LoadError) as e:
+        load_servable(ModelFiles(only, KeyRing()), ServingOptions())
+    assert e.value.code == Code.INVALID_ARGUMENT and "no tensor output to serve" in e.value.message

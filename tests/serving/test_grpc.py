@@ -333,6 +333,7 @@ def test_predict_output_filter_reaches_core_and_bad_alias_is_invalid(stub: Any) 
          "Servable not found for request: Latest(nope)"),
         (lambda r: setattr(r.model_spec, "name", ""), grpc.StatusCode.INVALID_ARGUMENT,
          "ModelSpec has no name specified."),
+        (lambda r: r.ClearField("model_spec"), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
         (lambda r: r.model_spec.version.__setattr__("value", 7), grpc.StatusCode.NOT_FOUND,
          "Servable not found for request: Specific(half_plus_two, 7)"),
         (lambda r: setattr(r.model_spec, "version_label", "canary"), grpc.StatusCode.INVALID_ARGUMENT,

@@ -101,6 +101,14 @@ def server_options(extra: tuple[tuple[str, Any], ...] = (), *, reuse_port: bool 
     return list(opts.items())
 
 
+def _request_ref(request: Any) -> ModelRef:
+    """The ModelRef of a Predict/Classify/Regress request: one without a model_spec at all is TF
+    Serving's ``Missing ModelSpec``; one with an empty name, ``ModelSpec has no name specified.``"""
+    if not request.HasField("model_spec"):
+        raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+    return _model_ref(request.model_spec)
+
+
 def _model_ref(spec: Any) -> ModelRef:
     """ModelSpec → ModelRef (version and label are a oneof; an empty name is TF's INVALID_ARGUMENT)."""
     if not spec.name:
@@ -388,7 +396,7 @@ class GrpcFrontEnd:
         return handler
 
     def _predict_blocking(self, request: Any) -> Any:
-        ref = _model_ref(request.model_spec)
+        ref = _request_ref(request)
         inputs = {alias: tensor_proto_to_ndarray(tp, alias) for alias, tp in request.inputs.items()}
         result = self.core.predict_blocking(ref, request.model_spec.signature_name, inputs,
                                             list(request.output_filter))
@@ -473,7 +481,7 @@ class GrpcFrontEnd:
     # --- PredictionService ---------------------------------------------------------------------
 
     async def predict(self, request: Any, context: Any) -> Any:
-        ref = _model_ref(request.model_spec)
+        ref = _request_ref(request)
         inputs = {alias: tensor_proto_to_ndarray(tp, alias) for alias, tp in request.inputs.items()}
         result = await self.core.predict(ref, request.model_spec.signature_name, inputs, list(request.output_filter))
         return self._predict_response(result)
@@ -512,7 +520,7 @@ class GrpcFrontEnd:
 
     async def _example_api(self, request: Any, run: Any, response: Any) -> Any:
         """Classify and Regress: the same tf.Example request shape, one core call, one result field."""
-        ref = _model_ref(request.model_spec)
+        ref = _request_ref(request)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         name, version, result = await run(ref, request.model_spec.signature_name, request.input)
         _set_spec(response.model_spec, name, version, signature)

@@ -9,6 +9,8 @@ session serves every concurrent request.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +23,8 @@ from .._types import DEFAULT_SIGNATURE, PREDICT_METHOD, Code, ServingError, Sign
 from ._base import LoadError, Servable
 
 __all__ = ["OnnxServable", "ONNX_TO_DT"]
+
+log = logging.getLogger("teeserve.serving.onnx")
 
 ONNX_TO_DT = {
     "tensor(float)": DT.FLOAT, "tensor(double)": DT.DOUBLE, "tensor(int32)": DT.INT32,
@@ -45,7 +49,15 @@ class OnnxServable(Servable):
     def __init__(self, session: Any) -> None:
         self._session = session
         inputs = {a.name: _spec(a) for a in session.get_inputs()}
-        outputs = {a.name: _spec(a) for a in session.get_outputs()}
+        # A sequence or map output (e.g. the ZipMap probabilities of skl2onnx classifiers) has no
+        # TensorProto form: it is left out of the signature rather than sent as Python repr text.
+        skipped = [f"{a.name} ({a.type})" for a in session.get_outputs() if not str(a.type).startswith("tensor(")]
+        outputs = {a.name: _spec(a) for a in session.get_outputs() if str(a.type).startswith("tensor(")}
+        if skipped:
+            if not outputs:
+                raise LoadError(Code.INVALID_ARGUMENT, "the ONNX model has no tensor output to serve (only "
+                                f"{', '.join(skipped)}; sequences and maps have no TensorProto form)")
+            log.warning("ONNX outputs that are not tensors are left out of the signature: %s", ", ".join(skipped))
         self.signatures = {DEFAULT_SIGNATURE: Signature(PREDICT_METHOD, inputs, outputs)}
         self._string_inputs = {k for k, s in inputs.items() if s.dtype == DT.STRING}
 
