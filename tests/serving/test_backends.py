@@ -287,3 +287,30 @@ def test_onnx_outputs_that_are_not_tensors_are_left_out_of_the_signature(tmp_pat
     with pytest.raises(LoadError) as e:
         load_servable(ModelFiles(only, KeyRing()), ServingOptions())
     assert e.value.code == Code.INVALID_ARGUMENT and "no tensor output to serve" in e.value.message
+
+
+def _identity_model(shape: list[int] | None) -> bytes:
+    """Y = Identity(X), X float with ``shape`` (None: no shape declared at all; []: a scalar)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "identity", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_an_onnx_input_without_a_declared_shape_takes_any_rank_and_a_scalar_stays_a_scalar(tmp_path: Path) -> None:
+    """onnxruntime reports [] for both; the first used to be taken as a scalar, refusing every other rank."""
+    (tmp_path / "model.onnx").write_bytes(_identity_model(None))
+    servable = load_servable(ModelFiles(tmp_path, KeyRing()), ServingOptions())
+    assert servable.signatures["serving_default"].inputs["X"].shape is None  # metadata: unknown_rank
+    x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    np.testing.assert_array_equal(servable.run("serving_default", {"X": x}, ["Y"])["Y"], x)
+
+    scalar = tmp_path / "scalar"
+    scalar.mkdir()
+    (scalar / "model.onnx").write_bytes(_identity_model([]))
+    servable = load_servable(ModelFiles(scalar, KeyRing()), ServingOptions())
+    assert servable.signatures["serving_default"].inputs["X"].shape == ()

@@ -43,12 +43,28 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, dtype, dims)
 
 
+def _unranked_inputs(model: bytes, session: Any) -> frozenset[str]:
+    """Inputs that declare no shape at all. ONNX Runtime reports ``[]`` both for them and for real
+    scalars, so only when some input reads ``[]`` is the model's graph consulted (rare; it parses the
+    whole model once more)."""
+    if not any(a.shape == [] for a in session.get_inputs()):
+        return frozenset()
+    import onnx
+
+    graph = onnx.load_model_from_string(model).graph
+    initializers = {t.name for t in graph.initializer}
+    return frozenset(v.name for v in graph.input if v.name not in initializers
+                     and v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape"))
+
+
 class OnnxServable(Servable):
     runtime = "ONNXRuntime"
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, unranked: frozenset[str] = frozenset()) -> None:
         self._session = session
         inputs = {a.name: _spec(a) for a in session.get_inputs()}
+        for name in unranked & inputs.keys():  # no declared shape: any rank (TF's unknown_rank)
+            inputs[name] = TensorSpec(name, inputs[name].dtype, None)
         # A sequence or map output (e.g. the ZipMap probabilities of skl2onnx classifiers) has no
         # TensorProto form: it is left out of the signature rather than sent as Python repr text.
         skipped = [f"{a.name} ({a.type})" for a in session.get_outputs() if not str(a.type).startswith("tensor(")]
@@ -86,12 +102,13 @@ class OnnxServable(Servable):
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+            unranked = _unranked_inputs(model, session)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             raise LoadError(Code.INVALID_ARGUMENT,
                             f"{files.path('model.onnx')}: not a loadable ONNX model: {exc}") from exc
         finally:
             del model
-        return cls(session)
+        return cls(session, unranked)
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
             output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
