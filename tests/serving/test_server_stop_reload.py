@@ -63,8 +63,8 @@ def onnx_servables(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     made: list[Any] = []
     init = _onnx.OnnxServable.__init__
 
-    def recorded(self: Any, session: Any) -> None:
-        init(self, session)
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
         made.append(self)
 
     monkeypatch.setattr(_onnx.OnnxServable, "__init__", recorded)
